@@ -1,0 +1,50 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/flarecast/flarecast/engine"
+)
+
+func serve(args []string) error {
+	cfg := engine.DefaultConfig()
+	fs := newFlagSet("serve")
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "WebSocket listen address (clients connect to ws://ADDR/ws)")
+	fs.StringVar(&cfg.AdminListen, "admin-listen", cfg.AdminListen, "admin HTTP address for /metrics, /healthz, /readyz, /debug/pprof/ (empty disables)")
+	fs.StringVar(&cfg.IngestSocket, "ingest-socket", cfg.IngestSocket, "Unix socket producers write NDJSON events to (empty disables)")
+	fs.IntVar(&cfg.MaxPendingMessages, "max-pending-messages", cfg.MaxPendingMessages, "frames queued per connection before it is closed as a slow consumer")
+	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", cfg.HeartbeatInterval, "how often the server pings each client")
+	fs.DurationVar(&cfg.SessionTimeout, "session-timeout", cfg.SessionTimeout, "close a client silent for this long")
+	fs.DurationVar(&cfg.CleanupInterval, "cleanup-interval", cfg.CleanupInterval, "how often idle clients and expired sessions are swept")
+	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", cfg.HandshakeTimeout, "close a connection that has not finished its upgrade request in this time")
+	fs.IntVar(&cfg.BroadcastCapacity, "broadcast-capacity", cfg.BroadcastCapacity, "events buffered between ingest and dispatch (producers wait when full)")
+	fs.Var(boolValue{&cfg.Compression}, "compression", "permessage-deflate for clients that offer it (true|false)")
+	fs.Var(sizeValue{&cfg.CompressionMinSize}, "compression-min-size", "events smaller than this are sent uncompressed")
+	fs.Var(sizeValue{&cfg.MaxMessageSize}, "max-message-size", "largest client message and ingest line")
+	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", cfg.MaxSubscriptions, "subscriptions per session")
+	fs.IntVar(&cfg.EventLoops, "event-loops", cfg.EventLoops, "gnet event loops (default: number of CPUs)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError("serve takes no arguments, got " + fs.Arg(0))
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return usageError("--log-level: " + err.Error())
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	eng, err := engine.New(cfg)
+	if err != nil {
+		return usageError(err.Error())
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return eng.Run(ctx)
+}

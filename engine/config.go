@@ -1,0 +1,107 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"time"
+)
+
+// Config is everything `flarecast serve` can be told. The zero value is not
+// usable; start from DefaultConfig, which holds the seed's defaults.
+type Config struct {
+	// Listen is the WebSocket endpoint's TCP address; clients connect to Path on it.
+	Listen string
+	// Path is the URL path of the WebSocket endpoint.
+	Path string
+	// AdminListen is the address of the plain HTTP server for /metrics,
+	// /healthz, /readyz and /debug/pprof/. Empty disables it.
+	AdminListen string
+	// IngestSocket is the Unix socket producers write NDJSON events to.
+	// Empty disables it (embedders may publish in-process only).
+	IngestSocket string
+
+	// MaxPendingMessages bounds the frames queued for one connection and not
+	// yet handed to the kernel.
+	MaxPendingMessages int
+	// HeartbeatInterval is how often the server pings every connection.
+	HeartbeatInterval time.Duration
+	// SessionTimeout closes a connection the client has sent nothing on for this long.
+	SessionTimeout time.Duration
+	// CleanupInterval is how often idle connections are looked for.
+	CleanupInterval time.Duration
+	// BroadcastCapacity sizes the ring between ingest and the dispatcher.
+	BroadcastCapacity int
+	// Compression enables permessage-deflate for clients that offer it.
+	Compression bool
+	// CompressionMinSize leaves smaller events uncompressed.
+	CompressionMinSize int
+	// MaxMessageSize bounds client messages and ingest lines, in bytes.
+	MaxMessageSize int
+	// MaxSubscriptions bounds the subscriptions of one session.
+	MaxSubscriptions int
+	// HandshakeTimeout closes a connection that has not completed its
+	// upgrade request in this time (slowloris).
+	HandshakeTimeout time.Duration
+	// EventLoops is the number of gnet event loops (default: GOMAXPROCS).
+	EventLoops int
+
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults of `flarecast serve`.
+func DefaultConfig() Config {
+	return Config{
+		Listen:             ":8080",
+		Path:               "/ws",
+		AdminListen:        ":9090",
+		IngestSocket:       "flarecast.sock",
+		MaxPendingMessages: 1000,
+		HeartbeatInterval:  30 * time.Second,
+		SessionTimeout:     5 * time.Minute,
+		CleanupInterval:    time.Minute,
+		BroadcastCapacity:  10000,
+		Compression:        true,
+		CompressionMinSize: 256,
+		MaxMessageSize:     64 << 10,
+		MaxSubscriptions:   100,
+		HandshakeTimeout:   10 * time.Second,
+		EventLoops:         runtime.GOMAXPROCS(0),
+	}
+}
+
+// Validate reports the first setting that cannot work.
+func (c *Config) Validate() error {
+	var errs []error
+	positive := func(name string, v int) {
+		if v <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, got %d", name, v))
+		}
+	}
+	positiveDur := func(name string, v time.Duration) {
+		if v <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, got %s", name, v))
+		}
+	}
+	if c.Listen == "" {
+		errs = append(errs, errors.New("listen address must not be empty"))
+	}
+	if c.Path == "" || c.Path[0] != '/' {
+		errs = append(errs, fmt.Errorf("path must start with '/', got %q", c.Path))
+	}
+	positive("max-pending-messages", c.MaxPendingMessages)
+	positive("broadcast-capacity", c.BroadcastCapacity)
+	positive("max-message-size", c.MaxMessageSize)
+	positive("max-subscriptions", c.MaxSubscriptions)
+	positive("event-loops", c.EventLoops)
+	positiveDur("heartbeat-interval", c.HeartbeatInterval)
+	positiveDur("session-timeout", c.SessionTimeout)
+	positiveDur("cleanup-interval", c.CleanupInterval)
+	positiveDur("handshake-timeout", c.HandshakeTimeout)
+	if c.CompressionMinSize < 0 {
+		errs = append(errs, fmt.Errorf("compression-min-size must not be negative, got %d", c.CompressionMinSize))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,420 @@
+package engine
+
+import (
+	"bytes"
+	"errors"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsflate"
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/flarecast/flarecast/codec"
+)
+
+type connState uint8
+
+const (
+	stateHandshake connState = iota // waiting for the HTTP upgrade request
+	stateOpen                       // WebSocket frames flow
+	stateClosing                    // close frame sent; reading stops
+)
+
+// maxRequestHeader bounds the upgrade request: a client that sends more
+// without finishing its headers gets 431 and is closed.
+const maxRequestHeader = 8 << 10
+
+// conn is flarecast's state for one TCP connection, kept as the gnet
+// connection's context. It holds no buffer while the connection is idle:
+// reads use gnet's per-loop buffer, and queued frames are shared pointers.
+type conn struct {
+	gc   gnet.Conn
+	loop *loop
+
+	// Owned by the loop goroutine.
+	state      connState
+	closed     bool // OnClose ran: gc must not be written to
+	upgraded   bool // the WebSocket handshake succeeded: a session is attached
+	deflate    bool // permessage-deflate negotiated
+	openedAt   time.Time
+	lastSeen   time.Time // last frame from the client
+	msg        []byte    // a fragmented data message being reassembled; nil when none
+	msgOp      ws.OpCode
+	msgDeflate bool
+	fragmented bool
+	prev, next *conn // loop.conns
+
+	// Guarded by loop.mu: the queue the dispatcher fills and flush drains.
+	lanes   [numLanes][]*outFrame
+	pending int
+	dirty   bool // in loop.dirty
+	slow    bool // the queue overflowed: to be closed
+	gone    bool // closed: nothing more is queued
+
+	// Owned by the dispatcher goroutine.
+	sess *session
+}
+
+// handler adapts gnet's callbacks to the engine.
+type handler struct {
+	gnet.BuiltinEventEngine
+	eng *Engine
+}
+
+func (h *handler) OnBoot(e gnet.Engine) gnet.Action {
+	h.eng.booted(e)
+	return gnet.None
+}
+
+func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	l := h.eng.loopFor(gc.EventLoop())
+	now := time.Now()
+	c := &conn{gc: gc, loop: l, openedAt: now, lastSeen: now}
+	gc.SetContext(c)
+	l.conns.add(c)
+	return nil, gnet.None
+}
+
+func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
+	c, ok := gc.Context().(*conn)
+	if !ok {
+		return gnet.None
+	}
+	l := c.loop
+	l.conns.remove(c)
+	c.closed = true
+	c.msg = nil
+	l.mu.Lock()
+	c.gone = true
+	for i := range c.lanes {
+		c.lanes[i] = nil
+	}
+	l.mu.Unlock()
+	if !c.upgraded {
+		return gnet.None
+	}
+	m := h.eng.metrics
+	if c.state == stateOpen {
+		m.closed("connection_lost")
+	}
+	m.activeConnections.Add(-1)
+	m.sessionDuration.Update(time.Since(c.openedAt).Seconds())
+	h.eng.disp.cmds.push(command{kind: cmdDetach, c: c, now: time.Now()})
+	return gnet.None
+}
+
+func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
+	c := gc.Context().(*conn)
+	buf, _ := gc.Peek(-1)
+	used := 0
+	if c.state == stateHandshake {
+		used = c.handshake(buf)
+	}
+	for c.state == stateOpen && used < len(buf) {
+		n := c.readFrame(buf[used:])
+		if n == 0 {
+			break
+		}
+		used += n
+	}
+	if c.state == stateClosing {
+		used = len(buf) // nothing after a close frame matters
+	}
+	_, _ = gc.Discard(used)
+	return gnet.None
+}
+
+// handshake upgrades the connection once the whole request header is in
+// buf, and returns how many bytes it used. Anything that is not a valid
+// upgrade to the endpoint gets an HTTP error response and is closed.
+func (c *conn) handshake(buf []byte) int {
+	end := bytes.Index(buf, []byte("\r\n\r\n"))
+	if end < 0 {
+		if len(buf) > maxRequestHeader {
+			c.reject(http.StatusRequestHeaderFieldsTooLarge, "request header too large")
+			return len(buf)
+		}
+		return 0
+	}
+	req := buf[:end+4]
+	l := c.loop
+	hs := &l.hs
+	hs.in.Reset(req)
+	hs.out.Reset()
+	hs.path, hs.query = false, ""
+	hs.deflate.Reset()
+	_, err := l.upgrader.Upgrade(hs)
+	if err != nil {
+		if !hasUpgradeHeader(req) && hs.path {
+			c.reject(http.StatusUpgradeRequired, "this endpoint speaks WebSocket only")
+		} else {
+			c.eng().metrics.handshakeRejected.Inc()
+			_, _ = c.gc.Write(hs.out.Bytes())
+			_ = c.gc.Close()
+			c.state = stateClosing
+		}
+		return len(req)
+	}
+	_, _ = c.gc.Write(hs.out.Bytes())
+	_, c.deflate = hs.deflate.Accepted()
+	c.state, c.upgraded = stateOpen, true
+	m := c.eng().metrics
+	m.activeConnections.Add(1)
+	m.totalConnections.Inc()
+	c.eng().disp.cmds.push(command{kind: cmdAttach, c: c, now: time.Now()})
+	return len(req)
+}
+
+func (c *conn) eng() *Engine { return c.loop.eng }
+
+// reject answers a request that is not a WebSocket upgrade with an HTTP
+// error and closes the connection.
+func (c *conn) reject(status int, reason string) {
+	c.eng().metrics.handshakeRejected.Inc()
+	var b []byte
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(b, ' ')
+	b = append(b, http.StatusText(status)...)
+	b = append(b, "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"...)
+	if status == http.StatusUpgradeRequired {
+		b = append(b, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"...)
+	}
+	b = append(b, "Content-Length: "...)
+	b = strconv.AppendInt(b, int64(len(reason)+1), 10)
+	b = append(b, "\r\n\r\n"...)
+	b = append(b, reason...)
+	b = append(b, '\n')
+	_, _ = c.gc.Write(b)
+	_ = c.gc.Close()
+	c.state = stateClosing
+}
+
+func hasUpgradeHeader(req []byte) bool {
+	for _, line := range bytes.Split(req, []byte("\r\n")) {
+		if k, _, ok := bytes.Cut(line, []byte(":")); ok && bytes.EqualFold(bytes.TrimSpace(k), []byte("Upgrade")) {
+			return true
+		}
+	}
+	return false
+}
+
+// initUpgrader configures the loop's upgrader. Its callbacks write into the
+// loop's handshake scratch: one upgrade runs at a time per loop.
+func (l *loop) initUpgrader() {
+	cfg := &l.eng.cfg
+	hs := &l.hs
+	hs.deflate.Parameters = wsflate.Parameters{ServerNoContextTakeover: true, ClientNoContextTakeover: true}
+	l.upgrader = ws.Upgrader{
+		OnRequest: func(uri []byte) error {
+			path, query, _ := bytes.Cut(uri, []byte("?"))
+			if string(path) != cfg.Path {
+				return ws.RejectConnectionError(ws.RejectionStatus(http.StatusNotFound),
+					ws.RejectionReason("no WebSocket endpoint at this path; use "+cfg.Path))
+			}
+			hs.path = true
+			hs.query = string(query)
+			return nil
+		},
+	}
+	if cfg.Compression {
+		l.upgrader.Negotiate = hs.deflate.Negotiate
+	}
+}
+
+// query returns one parameter of the upgrade request's query string.
+func (hs *handshake) param(name string) string {
+	if hs.query == "" {
+		return ""
+	}
+	v, _ := url.ParseQuery(hs.query)
+	return v.Get(name)
+}
+
+// readFrame handles the frame at the start of b and returns its size, or 0
+// when b does not hold the whole frame yet.
+func (c *conn) readFrame(b []byte) int {
+	cfg := &c.eng().cfg
+	h, hn, err := codec.ParseHeader(b)
+	if errors.Is(err, codec.ErrShortHeader) {
+		return 0
+	}
+	var perr *codec.ProtocolError
+	if errors.As(err, &perr) {
+		c.fail(perr.Code, perr.Reason)
+		return len(b)
+	}
+	switch {
+	case !h.Masked:
+		c.fail(ws.StatusProtocolError, "client frames must be masked")
+		return len(b)
+	case h.Length > int64(cfg.MaxMessageSize):
+		c.fail(ws.StatusMessageTooBig, "frame exceeds max-message-size")
+		return len(b)
+	}
+	total := hn + int(h.Length)
+	if len(b) < total {
+		return 0
+	}
+	payload := b[hn:total]
+	codec.Unmask(payload, h.Mask)
+	c.lastSeen = time.Now()
+	if h.OpCode.IsControl() {
+		if h.Rsv != 0 {
+			c.fail(ws.StatusProtocolError, "reserved bits set on a control frame")
+		} else {
+			c.control(h.OpCode, payload)
+		}
+		return total
+	}
+	c.data(h, payload)
+	return total
+}
+
+func (c *conn) control(op ws.OpCode, payload []byte) {
+	switch op {
+	case codec.OpPing:
+		c.write(codec.AppendFrame(c.loop.scratch[:0], codec.OpPong, payload))
+	case codec.OpClose:
+		code, err := codec.ParseClosePayload(payload)
+		var perr *codec.ProtocolError
+		if errors.As(err, &perr) {
+			c.fail(perr.Code, perr.Reason)
+			return
+		}
+		if code == ws.StatusNoStatusRcvd {
+			c.write(codec.AppendFrame(c.loop.scratch[:0], codec.OpClose, nil))
+		} else {
+			c.write(codec.AppendClose(c.loop.scratch[:0], code, ""))
+		}
+		c.eng().metrics.closed("client_closed")
+		c.state = stateClosing
+		_ = c.gc.Close()
+	}
+}
+
+// data handles a data frame: whole messages go straight to message;
+// fragments are reassembled first (the only time a connection holds a buffer).
+func (c *conn) data(h codec.Header, payload []byte) {
+	cfg := &c.eng().cfg
+	compressed := h.Rsv1()
+	if h.Rsv&0b011 != 0 || (compressed && !c.deflate) {
+		c.fail(ws.StatusProtocolError, "reserved bits set without a negotiated extension")
+		return
+	}
+	if h.OpCode == codec.OpContinuation {
+		if !c.fragmented {
+			c.fail(ws.StatusProtocolError, "continuation frame without a message to continue")
+			return
+		}
+		if compressed {
+			c.fail(ws.StatusProtocolError, "RSV1 set on a continuation frame")
+			return
+		}
+		if len(c.msg)+len(payload) > cfg.MaxMessageSize {
+			c.fail(ws.StatusMessageTooBig, "message exceeds max-message-size")
+			return
+		}
+		c.msg = append(c.msg, payload...)
+		if h.Fin {
+			msg, op, deflated := c.msg, c.msgOp, c.msgDeflate
+			c.msg, c.fragmented = nil, false
+			c.message(op, msg, deflated)
+		}
+		return
+	}
+	if c.fragmented {
+		c.fail(ws.StatusProtocolError, "new data frame inside a fragmented message")
+		return
+	}
+	if !h.Fin {
+		c.fragmented = true
+		c.msg = append(make([]byte, 0, len(payload)*2), payload...)
+		c.msgOp, c.msgDeflate = h.OpCode, compressed
+		return
+	}
+	c.message(h.OpCode, payload, compressed)
+}
+
+// message handles one complete data message.
+func (c *conn) message(op ws.OpCode, data []byte, compressed bool) {
+	l := c.loop
+	if compressed {
+		inflated, err := codec.Inflate(l.scratch[:0], data, c.eng().cfg.MaxMessageSize)
+		switch {
+		case errors.Is(err, codec.ErrMessageTooLarge):
+			c.fail(ws.StatusMessageTooBig, "message inflates beyond max-message-size")
+			return
+		case err != nil:
+			c.fail(ws.StatusInvalidFramePayloadData, "invalid compressed data")
+			return
+		}
+		l.scratch = inflated[:0]
+		data = inflated
+	}
+	if op == codec.OpBinary {
+		c.sendError(codec.CodeUnsupported, "binary messages are not supported; send JSON text")
+		return
+	}
+	if !codec.ValidText(data) {
+		c.fail(ws.StatusInvalidFramePayloadData, "text message is not valid UTF-8")
+		return
+	}
+	m, merr := codec.DecodeClientMessage(data)
+	if merr != nil {
+		c.sendError(merr.Code, merr.Message)
+		return
+	}
+	switch m.Type {
+	case codec.TypePing:
+		c.write(codec.AppendFrame(l.scratch[:0], codec.OpText, codec.AppendPong(nil, m.Timestamp, time.Now())))
+	case codec.TypeSubscribe:
+		c.eng().disp.cmds.push(command{kind: cmdSubscribe, c: c, msg: m})
+	case codec.TypeUnsubscribe:
+		c.eng().disp.cmds.push(command{kind: cmdUnsubscribe, c: c, msg: m})
+	case codec.TypeAck:
+		c.eng().disp.cmds.push(command{kind: cmdAck, c: c, msg: m})
+	case codec.TypeAuth:
+		c.sendError(codec.CodeUnsupported, "authentication is not enabled on this server")
+	}
+}
+
+// sendError writes a protocol error message now, ahead of queued events.
+func (c *conn) sendError(code, message string) {
+	c.eng().metrics.errorSent(code)
+	l := c.loop
+	payload := codec.AppendError(nil, code, message)
+	c.write(codec.AppendFrame(l.scratch[:0], codec.OpText, payload))
+}
+
+// write writes one frame from the loop; gnet copies what the socket does not take.
+func (c *conn) write(frame []byte) {
+	if c.closed {
+		return
+	}
+	_, _ = c.gc.Write(frame)
+	c.eng().metrics.messagesSent.Inc()
+}
+
+// fail answers a protocol violation with a close frame carrying code and closes.
+func (c *conn) fail(code ws.StatusCode, reason string) {
+	c.eng().metrics.closed("protocol_error")
+	c.write(codec.AppendClose(c.loop.scratch[:0], code, reason))
+	c.state = stateClosing
+	_ = c.gc.Close()
+}
+
+// closeWith tells the client why in a closing message, then closes with code.
+func (c *conn) closeWith(reason string, code ws.StatusCode, closeReason string) {
+	if c.closed || c.state != stateOpen {
+		return
+	}
+	c.eng().metrics.closed(reason)
+	c.write(codec.TextFrame(codec.AppendClosing(c.loop.scratch[:0], reason)))
+	c.write(codec.AppendClose(c.loop.scratch[:0], code, closeReason))
+	c.state = stateClosing
+	_ = c.gc.Close()
+}

@@ -1,0 +1,346 @@
+// Package engine is flarecast's server core: the gnet reactor that speaks
+// WebSocket to clients, the dispatcher that matches each accepted event
+// against every subscription once, and the glue between them.
+//
+// Data flows one way: Publish (called by the ingest socket or an embedding
+// program) validates nothing itself — it takes a parsed event.Event — and
+// puts it into the ring, whose sequence number becomes the event's
+// message_id; the dispatcher goroutine takes events from the ring in order,
+// encodes each once, finds the matching sessions in the filter index, and
+// queues the same frame for each of their connections; each event loop
+// writes its connections' queued frames with one writev per connection.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/flarecast/flarecast/event"
+	"github.com/flarecast/flarecast/ingest"
+	"github.com/flarecast/flarecast/ring"
+)
+
+// Engine is one flarecast server. Create it with New, start it with Run.
+type Engine struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *engineMetrics
+	disp    *dispatcher
+
+	loopsMu sync.Mutex
+	loops   map[gnet.EventLoop]*loop
+
+	gnetEng   gnet.Engine
+	bootedCh  chan struct{}
+	addr      net.Addr
+	adminAddr net.Addr
+	stopping  atomic.Bool
+}
+
+// ErrStopped is returned by Publish once the engine is shutting down.
+var ErrStopped = errors.New("flarecast: engine stopped")
+
+// New checks cfg and builds an engine; nothing listens until Run.
+func New(cfg Config) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	e := &Engine{
+		cfg:      cfg,
+		log:      log,
+		metrics:  newEngineMetrics(),
+		loops:    make(map[gnet.EventLoop]*loop),
+		bootedCh: make(chan struct{}),
+	}
+	e.disp = newDispatcher(e)
+	return e, nil
+}
+
+// Publish accepts one validated event and returns its message_id. It waits
+// while the ring is full (backpressure reaches the producer; nothing is
+// dropped) and fails only when ctx ends first or the engine is stopping.
+func (e *Engine) Publish(ctx context.Context, ev *event.Event) (uint64, error) {
+	ev.Accepted = time.Now()
+	id, err := e.disp.ring.Publish(ctx, ev)
+	if errors.Is(err, ring.ErrClosed) {
+		return 0, ErrStopped
+	}
+	if err != nil {
+		return 0, err
+	}
+	e.metrics.ingestAccepted.Inc()
+	return id, nil
+}
+
+// Rejected counts an ingest line that failed validation.
+func (e *Engine) Rejected() { e.metrics.ingestRejected.Inc() }
+
+// Addr returns the WebSocket listener's address once Run has started
+// listening (useful with port 0), or nil.
+func (e *Engine) Addr() net.Addr {
+	select {
+	case <-e.bootedCh:
+		return e.addr
+	default:
+		return nil
+	}
+}
+
+// Ready is closed once the WebSocket listener accepts connections.
+func (e *Engine) Ready() <-chan struct{} { return e.bootedCh }
+
+// Run serves until ctx is cancelled, then shuts down gracefully: producers
+// are refused, every accepted event is dispatched and written, each client
+// gets `closing` (server_shutdown) and a 1001 close frame. It returns nil
+// after a clean shutdown, or the first listener that could not be opened.
+func (e *Engine) Run(ctx context.Context) error {
+	var ingestLn, adminLn net.Listener
+	var err error
+	if e.cfg.IngestSocket != "" {
+		if ingestLn, err = ingest.Listen(e.cfg.IngestSocket); err != nil {
+			return err
+		}
+		defer os.Remove(e.cfg.IngestSocket)
+	}
+	if e.cfg.AdminListen != "" {
+		if adminLn, err = net.Listen("tcp", e.cfg.AdminListen); err != nil {
+			if ingestLn != nil {
+				ingestLn.Close()
+			}
+			return fmt.Errorf("admin listener: %w", err)
+		}
+		e.adminAddr = adminLn.Addr()
+	}
+
+	dispDone := make(chan struct{})
+	go func() {
+		defer close(dispDone)
+		e.disp.run()
+	}()
+	hkCtx, stopHK := context.WithCancel(context.Background())
+	defer stopHK()
+
+	gnetErr := make(chan error, 1)
+	go func() {
+		gnetErr <- gnet.Run(&handler{eng: e}, "tcp://"+e.cfg.Listen,
+			gnet.WithMulticore(true),
+			gnet.WithNumEventLoop(e.cfg.EventLoops),
+			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+			gnet.WithLogger(gnetLogger{e.log}),
+		)
+	}()
+	select {
+	case <-e.bootedCh:
+	case err := <-gnetErr:
+		e.disp.ring.Close()
+		<-dispDone
+		if ingestLn != nil {
+			ingestLn.Close()
+		}
+		if adminLn != nil {
+			adminLn.Close()
+		}
+		return fmt.Errorf("WebSocket listener %s: %w", e.cfg.Listen, err)
+	}
+	go e.housekeeper(hkCtx)
+
+	ingestCtx, stopIngest := context.WithCancel(context.Background())
+	defer stopIngest()
+	ingestDone := make(chan struct{})
+	if ingestLn != nil {
+		srv := &ingest.Server{Publisher: e, MaxLineSize: e.cfg.MaxMessageSize, Logger: e.log}
+		go func() {
+			defer close(ingestDone)
+			if err := srv.Serve(ingestCtx, ingestLn); err != nil {
+				e.log.Error("ingest socket stopped", "err", err)
+			}
+		}()
+	} else {
+		close(ingestDone)
+	}
+	var admin *http.Server
+	if adminLn != nil {
+		admin = &http.Server{Handler: e.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = admin.Serve(adminLn) }()
+	}
+	e.log.Info("flarecast serving", "websocket", e.addr.String()+e.cfg.Path,
+		"admin", addrString(e.adminAddr), "ingest", e.cfg.IngestSocket)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-gnetErr:
+		runErr = fmt.Errorf("event loops stopped: %w", err)
+	}
+	e.stopping.Store(true)
+
+	// Graceful shutdown: stop producers, drain the ring, then say goodbye
+	// on every loop, then stop the loops.
+	stopIngest()
+	<-ingestDone
+	e.disp.ring.Close()
+	<-dispDone
+	stopHK()
+	if runErr == nil {
+		var wg sync.WaitGroup
+		for _, l := range e.allLoops() {
+			wg.Add(1)
+			if err := l.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+				l.shutdown(wg.Done)
+				return nil
+			})); err != nil {
+				wg.Done()
+			}
+		}
+		waitTimeout(&wg, 3*time.Second)
+		stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := e.gnetEng.Stop(stopCtx); err != nil {
+			runErr = fmt.Errorf("stop event loops: %w", err)
+		}
+		<-gnetErr
+	}
+	if admin != nil {
+		shutCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = admin.Shutdown(shutCtx)
+		cancel()
+	}
+	e.log.Info("flarecast stopped")
+	return runErr
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
+}
+
+// readiness reports why the engine should not get new clients, if it should not.
+func (e *Engine) readiness() error {
+	switch {
+	case e.Addr() == nil:
+		return errors.New("starting")
+	case e.stopping.Load():
+		return errors.New("shutting down")
+	}
+	return nil
+}
+
+// AdminAddr returns the admin listener's address once Run has opened it.
+func (e *Engine) AdminAddr() net.Addr {
+	select {
+	case <-e.bootedCh:
+		return e.adminAddr
+	default:
+		return nil
+	}
+}
+
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
+}
+
+// booted runs in gnet's OnBoot: it records the engine and the bound address.
+func (e *Engine) booted(g gnet.Engine) {
+	e.gnetEng = g
+	e.addr = listenerAddr(g, e.cfg.Listen)
+	close(e.bootedCh)
+}
+
+// listenerAddr asks the kernel which address the listener got, so that
+// ":0" in tests resolves to a real port.
+func listenerAddr(g gnet.Engine, fallback string) net.Addr {
+	fd, err := g.Dup()
+	if err == nil {
+		defer unix.Close(fd)
+		if sa, err := unix.Getsockname(fd); err == nil {
+			switch a := sa.(type) {
+			case *unix.SockaddrInet4:
+				return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+			case *unix.SockaddrInet6:
+				return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+			}
+		}
+	}
+	addr, _ := net.ResolveTCPAddr("tcp", strings.TrimPrefix(fallback, "tcp://"))
+	return addr
+}
+
+// loopFor returns the state of gnet event loop el, creating it on first use.
+func (e *Engine) loopFor(el gnet.EventLoop) *loop {
+	e.loopsMu.Lock()
+	defer e.loopsMu.Unlock()
+	l, ok := e.loops[el]
+	if !ok {
+		l = newLoop(e, el)
+		e.loops[el] = l
+	}
+	return l
+}
+
+func (e *Engine) allLoops() []*loop {
+	e.loopsMu.Lock()
+	defer e.loopsMu.Unlock()
+	out := make([]*loop, 0, len(e.loops))
+	for _, l := range e.loops {
+		out = append(out, l)
+	}
+	return out
+}
+
+// housekeeper drives the periodic work: heartbeat pings, idle and
+// handshake timeouts, expiry of detached sessions, and retrying writes to
+// connections that were over the high-water mark.
+func (e *Engine) housekeeper(ctx context.Context) {
+	retry := time.NewTicker(10 * time.Millisecond)
+	defer retry.Stop()
+	heartbeat := time.NewTicker(e.cfg.HeartbeatInterval)
+	defer heartbeat.Stop()
+	cleanup := time.NewTicker(min(e.cfg.CleanupInterval, e.cfg.HandshakeTimeout))
+	defer cleanup.Stop()
+	for {
+		var ping bool
+		select {
+		case <-ctx.Done():
+			return
+		case <-retry.C:
+			for _, l := range e.allLoops() {
+				l.retry()
+			}
+			continue
+		case <-heartbeat.C:
+			ping = true
+		case <-cleanup.C:
+			e.disp.cmds.push(command{kind: cmdSweep, now: time.Now()})
+		}
+		now := time.Now()
+		for _, l := range e.allLoops() {
+			_ = l.el.Execute(ctx, gnet.RunnableFunc(func(context.Context) error {
+				l.housekeep(now, ping)
+				return nil
+			}))
+		}
+	}
+}

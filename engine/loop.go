@@ -1,0 +1,271 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"sync"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsflate"
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/flarecast/flarecast/codec"
+)
+
+// highWater is how many bytes may sit in gnet's outbound buffer for one
+// connection before its frames stay in its own queue instead (as shared
+// references, not copies). The kernel's socket buffer is full by then; more
+// copying would only grow memory for a client that is not reading.
+const highWater = 64 << 10
+
+// maxIovecs bounds one writev: the kernel refuses more than IOV_MAX (1024).
+const maxIovecs = 512
+
+// loop is flarecast's state for one gnet event loop.
+//
+// Ownership: fields under mu are shared with the dispatcher (it queues
+// frames; the loop writes them). Everything else belongs to the loop's own
+// goroutine and is touched only inside gnet callbacks and runnables
+// executed on this loop.
+type loop struct {
+	eng *Engine
+	el  gnet.EventLoop
+
+	mu        sync.Mutex
+	dirty     []*conn // connections with queued frames
+	scheduled bool    // a flush is queued on the loop
+
+	// Owned by the dispatcher goroutine.
+	deliveries []delivery
+
+	// Owned by the loop goroutine.
+	conns    connList
+	spare    []*conn
+	taken    []*outFrame
+	takenBy  []takenRange
+	iov      [][]byte
+	scratch  []byte
+	flushFn  gnet.Runnable
+	upgrader ws.Upgrader
+	hs       handshake
+}
+
+type takenRange struct {
+	c          *conn
+	start, end int
+}
+
+func newLoop(eng *Engine, el gnet.EventLoop) *loop {
+	l := &loop{eng: eng, el: el}
+	l.flushFn = gnet.RunnableFunc(func(context.Context) error { l.flush(); return nil })
+	l.initUpgrader()
+	return l
+}
+
+// enqueue is called by the dispatcher: it appends frames to connection
+// queues under the loop's lock and schedules one flush.
+func (l *loop) enqueue(ds []delivery, maxPending int) {
+	l.mu.Lock()
+	for _, d := range ds {
+		c := d.c
+		if c.gone || c.slow {
+			continue
+		}
+		if c.pending >= maxPending {
+			c.slow = true // the flush closes it
+		} else {
+			c.lanes[d.f.lane] = append(c.lanes[d.f.lane], d.f)
+			c.pending++
+		}
+		if !c.dirty {
+			c.dirty = true
+			l.dirty = append(l.dirty, c)
+		}
+	}
+	l.scheduleLocked()
+	l.mu.Unlock()
+}
+
+// scheduleLocked queues one flush on the loop unless one is queued already.
+func (l *loop) scheduleLocked() {
+	if l.scheduled || len(l.dirty) == 0 {
+		return
+	}
+	l.scheduled = true
+	if err := l.el.Execute(context.Background(), l.flushFn); err != nil {
+		l.scheduled = false // the engine is shutting down
+	}
+}
+
+// retry schedules a flush for connections that were over the high-water
+// mark at the last one; the housekeeper calls it periodically.
+func (l *loop) retry() {
+	l.mu.Lock()
+	l.scheduleLocked()
+	l.mu.Unlock()
+}
+
+// flush runs on the loop: it takes every dirty connection's queued frames
+// under the lock, then writes each connection's frames with one writev
+// outside it.
+func (l *loop) flush() {
+	m := l.eng.metrics
+	l.mu.Lock()
+	l.scheduled = false
+	dirty := l.dirty
+	l.dirty = l.spare[:0]
+	var slow []*conn
+	for _, c := range dirty {
+		switch {
+		case c.gone:
+			c.dirty = false
+		case c.slow:
+			c.dirty = false
+			slow = append(slow, c)
+		case c.gc.OutboundBuffered() > highWater:
+			l.dirty = append(l.dirty, c) // stays dirty; retried later
+		default:
+			c.dirty = false
+			start := len(l.taken)
+			for lane := range c.lanes {
+				l.taken = append(l.taken, c.lanes[lane]...)
+				clear(c.lanes[lane])
+				c.lanes[lane] = shrink(c.lanes[lane])
+			}
+			c.pending = 0
+			l.takenBy = append(l.takenBy, takenRange{c, start, len(l.taken)})
+		}
+	}
+	l.mu.Unlock()
+	l.spare = dirty[:0]
+
+	now := time.Now().UnixNano()
+	var sent, events int
+	for _, r := range l.takenBy {
+		c := r.c
+		if c.closed {
+			continue
+		}
+		frames := l.taken[r.start:r.end]
+		for len(frames) > 0 && !c.closed {
+			n := min(len(frames), maxIovecs)
+			l.iov = l.iov[:0]
+			for _, f := range frames[:n] {
+				l.iov = append(l.iov, f.bytesFor(c.deflate))
+				if f.id != 0 {
+					events++
+					m.latency.Update(float64(now-f.accepted) / 1e9)
+				}
+			}
+			if n == 1 {
+				_, _ = c.gc.Write(l.iov[0])
+			} else {
+				_, _ = c.gc.Writev(l.iov)
+			}
+			sent += n
+			frames = frames[n:]
+		}
+	}
+	clear(l.taken)
+	l.taken = l.taken[:0]
+	clear(l.takenBy)
+	l.takenBy = l.takenBy[:0]
+	clear(l.iov)
+	m.messagesSent.Add(sent)
+	m.eventsDelivered.Add(events)
+
+	for _, c := range slow {
+		m.slowConsumers.Inc()
+		c.closeWith(codec.ReasonSlowConsumer, ws.StatusGoingAway, "slow consumer")
+	}
+}
+
+// shrink lets a queue that grew large during a burst go back to the GC, so
+// an idle connection does not keep the capacity of its busiest moment.
+func shrink(q []*outFrame) []*outFrame {
+	if cap(q) > 64 {
+		return nil
+	}
+	return q[:0]
+}
+
+// connList is an intrusive doubly linked list of a loop's connections: no
+// map entry and no allocation per connection.
+type connList struct{ head *conn }
+
+func (cl *connList) add(c *conn) {
+	c.next = cl.head
+	if cl.head != nil {
+		cl.head.prev = c
+	}
+	cl.head = c
+}
+
+func (cl *connList) remove(c *conn) {
+	if c.prev != nil {
+		c.prev.next = c.next
+	} else if cl.head == c {
+		cl.head = c.next
+	}
+	if c.next != nil {
+		c.next.prev = c.prev
+	}
+	c.prev, c.next = nil, nil
+}
+
+// each calls fn for every connection; fn may remove the connection it is given.
+func (cl *connList) each(fn func(*conn)) {
+	for c := cl.head; c != nil; {
+		next := c.next
+		fn(c)
+		c = next
+	}
+}
+
+// housekeep runs on the loop: heartbeat pings, idle and handshake timeouts.
+func (l *loop) housekeep(now time.Time, ping bool) {
+	cfg := &l.eng.cfg
+	pingFrame := codec.AppendFrame(l.scratch[:0], codec.OpPing, nil)
+	l.conns.each(func(c *conn) {
+		switch {
+		case c.state == stateHandshake:
+			if now.Sub(c.openedAt) > cfg.HandshakeTimeout {
+				l.eng.metrics.handshakeRejected.Inc()
+				_ = c.gc.Close()
+			}
+		case c.state != stateOpen:
+		case now.Sub(c.lastSeen) > cfg.SessionTimeout:
+			c.closeWith(codec.ReasonSessionTimeout, ws.StatusGoingAway, "session timeout")
+		case ping:
+			_, _ = c.gc.Write(pingFrame)
+		}
+	})
+}
+
+// shutdown runs on the loop: it writes what is queued, then closing and a
+// 1001 close frame to every client, and closes the connections.
+func (l *loop) shutdown(done func()) {
+	l.flush()
+	l.conns.each(func(c *conn) {
+		if c.state == stateOpen {
+			c.closeWith(codec.ReasonServerShutdown, ws.StatusGoingAway, "server shutdown")
+		} else {
+			_ = c.gc.Close()
+		}
+	})
+	done()
+}
+
+// handshake is the loop's scratch for one upgrade at a time.
+type handshake struct {
+	in       bytes.Reader
+	out      bytes.Buffer
+	path     bool // the request's path is the WebSocket endpoint
+	query    string
+	deflate  wsflate.Extension
+	upgrader bool
+}
+
+func (hs *handshake) Read(p []byte) (int, error)  { return hs.in.Read(p) }
+func (hs *handshake) Write(p []byte) (int, error) { return hs.out.Write(p) }

@@ -1,0 +1,87 @@
+package engine
+
+import (
+	"sync/atomic"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"github.com/flarecast/flarecast/codec"
+)
+
+// engineMetrics are one engine's Prometheus series. Each engine has its own
+// metrics.Set, so several engines can live in one process (tests, embedders).
+// Counters are atomics; the hot paths add batch totals, not one per frame.
+type engineMetrics struct {
+	set *metrics.Set
+
+	activeConnections   atomic.Int64
+	activeSubscriptions atomic.Int64
+
+	totalConnections  *metrics.Counter
+	messagesSent      *metrics.Counter
+	eventsBroadcast   *metrics.Counter
+	eventsDelivered   *metrics.Counter
+	acksReceived      *metrics.Counter
+	ingestAccepted    *metrics.Counter
+	ingestRejected    *metrics.Counter
+	slowConsumers     *metrics.Counter
+	handshakeRejected *metrics.Counter
+	sessionDuration   *metrics.PrometheusHistogram
+	latency           *metrics.PrometheusHistogram
+	errors            map[string]*metrics.Counter
+	closes            map[string]*metrics.Counter
+}
+
+var errorCodes = []string{
+	codec.CodeInvalidMessage, codec.CodeUnsupported, codec.CodeNotFound, codec.CodeRateLimited,
+	codec.CodeUnauthorized, codec.CodeLimitExceeded, codec.CodeHistoryGap,
+}
+
+var closeReasons = []string{
+	codec.ReasonServerShutdown, codec.ReasonSessionTimeout, codec.ReasonSlowConsumer,
+	codec.ReasonSessionTakenOver, codec.ReasonTokenExpired, codec.ReasonPolicyViolation,
+	"protocol_error", "client_closed", "connection_lost",
+}
+
+func newEngineMetrics() *engineMetrics {
+	s := metrics.NewSet()
+	m := &engineMetrics{
+		set:               s,
+		totalConnections:  s.NewCounter("websocket_total_connections"),
+		messagesSent:      s.NewCounter("websocket_messages_sent_total"),
+		eventsBroadcast:   s.NewCounter("websocket_events_broadcast_total"),
+		eventsDelivered:   s.NewCounter("websocket_events_delivered_total"),
+		acksReceived:      s.NewCounter("websocket_acks_received_total"),
+		ingestAccepted:    s.NewCounter("flarecast_ingest_events_accepted_total"),
+		ingestRejected:    s.NewCounter("flarecast_ingest_events_rejected_total"),
+		slowConsumers:     s.NewCounter("websocket_slow_consumer_disconnects_total"),
+		handshakeRejected: s.NewCounter("websocket_handshakes_rejected_total"),
+		sessionDuration: s.NewPrometheusHistogramExt("websocket_session_duration_seconds",
+			[]float64{1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600}),
+		latency: s.NewPrometheusHistogramExt("websocket_message_latency_seconds",
+			metrics.ExponentialBuckets(0.0001, 2, 16)), // 100µs … 3.3s
+		errors: make(map[string]*metrics.Counter, len(errorCodes)),
+		closes: make(map[string]*metrics.Counter, len(closeReasons)),
+	}
+	s.NewGauge("websocket_active_connections", func() float64 { return float64(m.activeConnections.Load()) })
+	s.NewGauge("websocket_active_subscriptions", func() float64 { return float64(m.activeSubscriptions.Load()) })
+	for _, code := range errorCodes {
+		m.errors[code] = s.NewCounter(`websocket_errors_total{code="` + code + `"}`)
+	}
+	for _, reason := range closeReasons {
+		m.closes[reason] = s.NewCounter(`websocket_connections_closed_total{reason="` + reason + `"}`)
+	}
+	return m
+}
+
+func (m *engineMetrics) errorSent(code string) {
+	if c := m.errors[code]; c != nil {
+		c.Inc()
+	}
+}
+
+func (m *engineMetrics) closed(reason string) {
+	if c := m.closes[reason]; c != nil {
+		c.Inc()
+	}
+}

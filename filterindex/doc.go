@@ -1,0 +1,80 @@
+// Package filterindex finds, for one event, the owners of every subscription
+// whose Filter matches it, without evaluating every subscription.
+//
+// # Ownership and concurrency
+//
+// An Index is not safe for concurrent use, by design. The engine's dispatcher
+// goroutine owns it outright: it calls Match for each event and applies every
+// subscribe (Add) and unsubscribe (Remove) itself, between two events, after
+// receiving them through its command queue. Other goroutines never touch the
+// Index; they only enqueue commands. That is how subscribing and unsubscribing
+// are safe while the dispatcher matches, with no lock on the hot path.
+//
+// Filters belong to the engine. Add copies what it needs out of the Filter
+// (sharing its strings, which are immutable) and keeps no pointer to it, so
+// the engine may reuse or discard a Filter once Add returns.
+//
+// # Counting
+//
+// Each subscription occupies a dense slot. Each (field, value) pair listed by
+// some filter, and each label (key, value) pair, owns a posting list of the
+// subscriptions that list it. A subscription's predicate count k is its
+// number of posted fields plus its number of label pairs. To match an event,
+// Match walks the posting lists of the event's own values and counts, per
+// slot, the predicates satisfied; a slot matches when its count reaches k. A
+// field counts at most once per slot even when several of the event's values
+// hit it (Resources is multi-valued). Subscriptions with no predicate sit in
+// a match-all list. Fields a subscription leaves empty never make an event
+// touch it, so the cost of Match grows with the number of matching and
+// partially matching subscriptions, not with the size of the index.
+//
+// Slot counters carry the number (epoch) of the Match call that last wrote
+// them, so nothing is cleared between events: a stale epoch reads as zero.
+// Owners already reported are marked in a bit set (small enough to stay in
+// cache even with millions of owners) that Match clears before returning, by
+// walking the owners it has just appended.
+//
+// # Enumerated fields are checked, not counted
+//
+// Plain counting has one bad case, and it is the common one in incident
+// management: a narrow predicate AND-ed with a broad one, such as "resource
+// db-1 at P0 or P1". Counted, that subscription sits on the P0 and P1 lists,
+// so every P1 event touches it, and with many such subscriptions Match
+// degrades towards a scan. But EventTypes, Severities and States draw from
+// closed vocabularies (event.Types, event.Severities, event.States) small
+// enough to be bit sets. So a subscription that has any other predicate is
+// posted only under those and keeps its enumerated fields as a 32-bit reject
+// mask; once its count reaches k, one AND against the event's bits decides.
+// A subscription whose only predicates are enumerated is posted under the
+// most selective of them (relative to its vocabulary) and checks the rest by
+// mask. An enumerated list holding a value outside the vocabulary (which the
+// codec does not let through) is simply counted like any other field.
+//
+// Label pairs are always counted: a broad pair (env=prod) AND-ed with a
+// narrow one still makes every env=prod event touch the subscription.
+//
+// # Subscriptions with one predicate skip the counter
+//
+// Most subscriptions have k = 1 (an incident, a few resources, a team). Their
+// posting entries carry the owner and the reject mask themselves, so Match
+// decides them from the posting list alone, read sequentially, and never
+// touches their slot; only k ≥ 2 subscriptions pay a random access to their
+// counter. That keeps the cost per event nearly flat from thousands to
+// millions of subscriptions, where the slot array no longer fits in cache.
+//
+// # Posting lists: slices, not roaring bitmaps
+//
+// A posting list is a plain slice of 12-byte entries in arbitrary order.
+// Removal is O(1): each slot remembers its position in every list it is on,
+// and Remove swaps the list's last entry into the hole. Roaring bitmaps of
+// slot numbers were measured against this on the same postings (see
+// BenchmarkPostings in roaring_test.go): Match only ever walks whole lists,
+// never intersects them, which a flat slice does at memory speed while
+// roaring pays per container and per iterator refill; nearly every list in an
+// incident workload is short (one incident, one resource, one team), where a
+// bitmap costs a heap object, a container and a key array, several times what
+// its few entries cost in a slice; and a bitmap holds only slot numbers, so
+// every hit would cost a random access to the slot that the entries above
+// avoid. Roaring pays off for long dense lists, which the enumerated-field
+// masks keep out of the index.
+package filterindex

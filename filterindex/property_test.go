@@ -1,0 +1,242 @@
+package filterindex
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/flarecast/flarecast/event"
+)
+
+// Small vocabularies, so that random filters and events often meet. The
+// enumerated fields include values outside event's vocabularies, which the
+// index counts instead of masking.
+var (
+	vocTypes     = []string{"incident_created", "incident_updated", "escalated", "alert_received", "system_event", "custom"}
+	vocSeverity  = []string{"P0", "P1", "P2", "P3", "P4", "P9"}
+	vocStates    = []string{"Detected", "Triaged", "Investigating", "Resolved", ""}
+	vocSources   = []string{"pagerduty", "datadog", "grafana"}
+	vocResources = []string{"db-1", "db-2", "api-1", "api-2", "cache", "queue", "lb", ""}
+	vocIncidents = []string{"INC-1", "INC-2", "INC-3", "INC-4", "INC-5", "INC-6"}
+	vocLabelKeys = []string{"env", "team", "region"}
+	vocLabelVals = []string{"a", "b", "c", ""}
+)
+
+// pickSome returns 1..max distinct-or-not values of voc (duplicates are left
+// for Normalize to remove).
+func pickSome(r *rand.Rand, voc []string, max int) []string {
+	out := make([]string, 1+r.IntN(max))
+	for i := range out {
+		out[i] = voc[r.IntN(len(voc))]
+	}
+	return out
+}
+
+func randFilter(r *rand.Rand) Filter {
+	var f Filter
+	if r.IntN(20) == 0 {
+		return f // match-all
+	}
+	p := func() bool { return r.IntN(3) == 0 }
+	if p() {
+		f.EventTypes = pickSome(r, vocTypes, 3)
+	}
+	if p() {
+		f.Severities = pickSome(r, vocSeverity, 3)
+	}
+	if p() {
+		f.States = pickSome(r, vocStates, 2)
+	}
+	if r.IntN(5) == 0 {
+		f.Sources = pickSome(r, vocSources, 2)
+	}
+	if p() {
+		f.Resources = pickSome(r, vocResources, 4)
+	}
+	if r.IntN(5) == 0 {
+		f.IncidentIDs = pickSome(r, vocIncidents, 2)
+	}
+	for range r.IntN(3) {
+		f.Labels = append(f.Labels, event.Label{
+			Key:   vocLabelKeys[r.IntN(len(vocLabelKeys))],
+			Value: vocLabelVals[r.IntN(len(vocLabelVals))],
+		})
+	}
+	f.Normalize()
+	return f
+}
+
+func randEvent(r *rand.Rand) *event.Event {
+	maybe := func(voc []string) string {
+		if r.IntN(8) == 0 {
+			return ""
+		}
+		return voc[r.IntN(len(voc))]
+	}
+	ev := &event.Event{
+		Type:       event.Type(maybe(vocTypes)),
+		Severity:   maybe(vocSeverity),
+		State:      maybe(vocStates),
+		Source:     maybe(vocSources),
+		IncidentID: maybe(vocIncidents),
+	}
+	for range r.IntN(4) {
+		ev.Resources = append(ev.Resources, vocResources[r.IntN(len(vocResources))])
+	}
+	for _, k := range vocLabelKeys {
+		if r.IntN(3) > 0 {
+			ev.Labels = append(ev.Labels, event.Label{Key: k, Value: vocLabelVals[r.IntN(len(vocLabelVals))]})
+		}
+	}
+	// vocLabelKeys is sorted, so ev.Labels is sorted by key as required.
+	return ev
+}
+
+// liveSub is the test's own record of a subscription, for the linear scan.
+type liveSub struct {
+	id    SubID
+	owner uint32
+	f     Filter
+}
+
+func linearOwners(subs []liveSub, ev *event.Event) []uint32 {
+	var out []uint32
+	for i := range subs {
+		if subs[i].f.Matches(ev) {
+			out = append(out, subs[i].owner)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// checkInvariants verifies the removal bookkeeping: every ref of every live
+// slot points at an entry of that slot carrying what Match needs, every
+// posting entry is accounted for by a ref, the maps index exactly the
+// non-empty postings, and the owner set is clear between calls.
+func checkInvariants(t *testing.T, ix *Index) {
+	t.Helper()
+	refs, live := 0, 0
+	for id := range ix.slots {
+		if len(ix.refs[id]) == 0 {
+			continue // free
+		}
+		live++
+		sl := ix.slots[id]
+		for _, r := range ix.refs[id] {
+			e := ix.postings[r.posting].entries[r.pos]
+			direct := entry{slot: uint32(id), owner: sl.owner, reject: sl.reject}
+			if sl.need > 1 {
+				direct = entry{slot: uint32(id), owner: counted}
+			}
+			if e != direct {
+				t.Fatalf("slot %d %+v: ref %+v points at %+v", id, sl, r, e)
+			}
+		}
+		refs += len(ix.refs[id])
+	}
+	if live != ix.Len() || live+len(ix.freeSlots) != len(ix.slots) {
+		t.Fatalf("live %d, Len %d, free %d, slots %d", live, ix.Len(), len(ix.freeSlots), len(ix.slots))
+	}
+	entries, nonEmpty := 0, 0
+	for pid, p := range ix.postings {
+		entries += len(p.entries)
+		if pid != matchAllPosting && len(p.entries) > 0 {
+			nonEmpty++
+		}
+	}
+	mapped := 0
+	for _, m := range ix.labels {
+		mapped += len(m)
+	}
+	for _, m := range ix.values {
+		mapped += len(m)
+	}
+	if refs != entries || mapped != nonEmpty {
+		t.Fatalf("refs %d vs posting entries %d; mapped %d vs non-empty postings %d",
+			refs, entries, mapped, nonEmpty)
+	}
+	for i, w := range ix.ownerSet {
+		if w != 0 {
+			t.Fatalf("owner set word %d left at %#x", i, w)
+		}
+	}
+}
+
+func TestPropertyMatchesLinearScan(t *testing.T) {
+	seeds := []uint64{1, 2, 3, 0xf1a7eca5}
+	for _, seed := range seeds {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) { propertyRun(t, seed) })
+	}
+}
+
+// propertyRun interleaves random adds and removes with random events and
+// checks after each event that the index reports exactly the owners a linear
+// scan with Filter.Matches finds.
+func propertyRun(t *testing.T, seed uint64) {
+	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	ix := New()
+	var subs []liveSub
+	var dst []uint32
+	events, matched := 0, 0
+	check := func() {
+		t.Helper()
+		ev := randEvent(r)
+		dst = ix.Match(ev, dst[:0])
+		got := slices.Clone(dst)
+		slices.Sort(got)
+		want := linearOwners(subs, ev)
+		if !slices.Equal(got, want) {
+			t.Fatalf("event %+v:\nindex  %v\nlinear %v", ev, got, want)
+		}
+		events++
+		matched += len(want)
+	}
+	remove := func(i int) {
+		ix.Remove(subs[i].id)
+		subs[i] = subs[len(subs)-1]
+		subs = subs[:len(subs)-1]
+	}
+
+	for range 60 {
+		for range 150 {
+			if len(subs) > 0 && r.IntN(10) < 3 {
+				remove(r.IntN(len(subs)))
+				continue
+			}
+			f := randFilter(r)
+			owner := uint32(r.IntN(400))
+			subs = append(subs, liveSub{id: ix.Add(owner, &f), owner: owner, f: f})
+		}
+		checkInvariants(t, ix)
+		for range 30 {
+			check()
+		}
+	}
+	// Guard against vocabularies drifting apart so far that nothing
+	// matches and the comparison proves nothing.
+	if len(subs) < 2000 || matched < 20*events {
+		t.Fatalf("%d live subscriptions, %d owners matched over %d events: the test is too weak",
+			len(subs), matched, events)
+	}
+	t.Logf("%d live subscriptions, %.1f owners matched per event", len(subs), float64(matched)/float64(events))
+
+	// Mass unsubscribe, as when many sessions drop at once: postings
+	// shrink and empty ones are dropped from the maps.
+	for len(subs) > 100 {
+		remove(r.IntN(len(subs)))
+	}
+	checkInvariants(t, ix)
+	for range 100 {
+		check()
+	}
+	for len(subs) > 0 {
+		remove(len(subs) - 1)
+	}
+	checkInvariants(t, ix)
+	if ix.Len() != 0 || len(ix.labels) != 0 {
+		t.Fatalf("index not empty after removing everything: Len %d", ix.Len())
+	}
+	check()
+}
