@@ -33,6 +33,10 @@ type Config struct {
 	CleanupInterval time.Duration
 	// BroadcastCapacity sizes the ring between ingest and the dispatcher.
 	BroadcastCapacity int
+	// HistorySize and HistoryMaxBytes bound the window of recent events
+	// kept for resume and backfill; whichever binds first.
+	HistorySize     int
+	HistoryMaxBytes int64
 	// Compression enables permessage-deflate for clients that offer it.
 	Compression bool
 	// CompressionMinSize leaves smaller events uncompressed.
@@ -63,6 +67,8 @@ func DefaultConfig() Config {
 		SessionTimeout:     5 * time.Minute,
 		CleanupInterval:    time.Minute,
 		BroadcastCapacity:  10000,
+		HistorySize:        100000,
+		HistoryMaxBytes:    64 << 20,
 		Compression:        true,
 		CompressionMinSize: 256,
 		MaxMessageSize:     64 << 10,
@@ -100,6 +106,9 @@ func (c *Config) Validate() error {
 	positiveDur("session-timeout", c.SessionTimeout)
 	positiveDur("cleanup-interval", c.CleanupInterval)
 	positiveDur("handshake-timeout", c.HandshakeTimeout)
+	if c.HistorySize < 0 || c.HistoryMaxBytes < 0 {
+		errs = append(errs, errors.New("history-size and history-max-bytes must not be negative"))
+	}
 	if c.CompressionMinSize < 0 {
 		errs = append(errs, fmt.Errorf("compression-min-size must not be negative, got %d", c.CompressionMinSize))
 	}

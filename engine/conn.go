@@ -48,11 +48,13 @@ type conn struct {
 	prev, next *conn // loop.conns
 
 	// Guarded by loop.mu: the queue the dispatcher fills and flush drains.
-	lanes   [numLanes][]*outFrame
-	pending int
-	dirty   bool // in loop.dirty
-	slow    bool // the queue overflowed: to be closed
-	gone    bool // closed: nothing more is queued
+	lanes     [numLanes][]*outFrame
+	pending   int
+	dirty     bool   // in loop.dirty
+	slow      bool   // the queue overflowed: to be closed
+	gone      bool   // closed or taken over: nothing more is queued
+	replaying bool   // the session's replay pump waits for this queue to drain
+	lost      uint64 // lowest message_id queued for c but never written; 0 if none
 
 	// Owned by the dispatcher goroutine.
 	sess *session
@@ -87,12 +89,7 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	l.conns.remove(c)
 	c.closed = true
 	c.msg = nil
-	l.mu.Lock()
-	c.gone = true
-	for i := range c.lanes {
-		c.lanes[i] = nil
-	}
-	l.mu.Unlock()
+	l.release(c)
 	if !c.upgraded {
 		return gnet.None
 	}
@@ -164,7 +161,7 @@ func (c *conn) handshake(buf []byte) int {
 	m := c.eng().metrics
 	m.activeConnections.Add(1)
 	m.totalConnections.Inc()
-	c.eng().disp.cmds.push(command{kind: cmdAttach, c: c, now: time.Now()})
+	c.eng().disp.cmds.push(command{kind: cmdAttach, c: c, resumeID: hs.param("session_id"), now: time.Now()})
 	return len(req)
 }
 

@@ -36,14 +36,16 @@ const (
 	cmdUnsubscribe
 	cmdAck
 	cmdSweep
+	cmdWake
 )
 
 // command is a request from an event loop (or the housekeeper) to the dispatcher.
 type command struct {
-	kind commandKind
-	c    *conn
-	msg  *codec.ClientMessage
-	now  time.Time
+	kind     commandKind
+	c        *conn
+	msg      *codec.ClientMessage
+	resumeID string
+	now      time.Time
 }
 
 // commandQueue is a mutex-guarded slice the dispatcher swaps out whole: the
@@ -81,15 +83,17 @@ type delivery struct {
 }
 
 type dispatcher struct {
-	eng   *Engine
-	cfg   *Config
-	ring  *ring.Ring[*event.Event]
-	cmds  commandQueue
-	index *filterindex.Index
+	eng     *Engine
+	cfg     *Config
+	ring    *ring.Ring[*event.Event]
+	cmds    commandQueue
+	index   *filterindex.Index
+	history *ring.History[*outFrame]
 
 	sessions  map[string]*session
 	slots     []*session // by session slot (filter index owner)
 	freeSlots []uint32
+	replaying []*session // sessions whose replay pump has work
 
 	lastID uint64 // message_id of the last event dispatched
 
@@ -109,6 +113,7 @@ func newDispatcher(eng *Engine) *dispatcher {
 		cfg:      &eng.cfg,
 		ring:     ring.New[*event.Event](eng.cfg.BroadcastCapacity, 1),
 		index:    filterindex.New(),
+		history:  ring.NewHistory[*outFrame](eng.cfg.HistorySize, eng.cfg.HistoryMaxBytes),
 		sessions: make(map[string]*session),
 	}
 	d.cmds.signal = make(chan struct{}, 1)
@@ -123,12 +128,17 @@ func (d *dispatcher) run() {
 		if d.ring.Consume(dispatchBatch, d.onEvent) > 0 {
 			worked = true
 		}
+		if d.pumpReplays() {
+			worked = true
+		}
 		d.handOff()
+		d.publishGauges()
 		if worked {
 			continue
 		}
 		if err := d.ring.WaitOr(context.Background(), d.cmds.signal); errors.Is(err, ring.ErrClosed) {
 			d.runCommands()
+			d.pumpReplays()
 			d.handOff()
 			return
 		}
@@ -148,7 +158,7 @@ func (d *dispatcher) runCommands() bool {
 func (d *dispatcher) apply(cmd *command) {
 	switch cmd.kind {
 	case cmdAttach:
-		d.attach(cmd.c, cmd.now)
+		d.attach(cmd.c, cmd.resumeID, cmd.now)
 	case cmdDetach:
 		d.detach(cmd.c, cmd.now)
 	case cmdSubscribe:
@@ -156,14 +166,50 @@ func (d *dispatcher) apply(cmd *command) {
 	case cmdUnsubscribe:
 		d.unsubscribe(cmd.c, cmd.msg)
 	case cmdAck:
+		if s := cmd.c.sess; s != nil && s.conn == cmd.c {
+			s.acked = max(s.acked, cmd.msg.MessageID)
+			s.everAcked = true
+		}
 		d.eng.metrics.acksReceived.Inc()
 	case cmdSweep:
 		d.sweep(cmd.now)
+	case cmdWake:
+		// The loop drained a replaying connection: run pumps again.
 	}
 }
 
-func (d *dispatcher) attach(c *conn, now time.Time) {
-	s := &session{id: newSessionID(), conn: c, startedAt: now}
+// attach gives a new connection its session: the one named by resumeID
+// when it is still held (a resume, or a takeover of a live connection), or
+// a fresh one.
+func (d *dispatcher) attach(c *conn, resumeID string, now time.Time) {
+	m := d.eng.metrics
+	s := d.sessions[resumeID]
+	if s == nil {
+		s = d.newSession(now)
+		s.conn, c.sess = c, s
+		m.resumesFresh.Inc()
+		d.reply(c, codec.AppendWelcome(d.payload[:0], s.id, now, false))
+		return
+	}
+	if old := s.conn; old != nil {
+		s.resumeAfter = d.release(old)
+		old.loop.closeAsync(old, codec.ReasonSessionTakenOver)
+	}
+	s.conn, c.sess = c, s
+	m.resumesResumed.Inc()
+	d.reply(c, codec.AppendWelcome(d.payload[:0], s.id, now, true))
+	from := s.resumeAfter
+	if s.everAcked {
+		from = s.acked
+	}
+	for i := range s.subs {
+		s.subs[i].covered = from
+	}
+	d.startReplay(s, from+1)
+}
+
+func (d *dispatcher) newSession(now time.Time) *session {
+	s := &session{id: newSessionID(), startedAt: now, resumeAfter: d.lastID}
 	if n := len(d.freeSlots); n > 0 {
 		s.slot = d.freeSlots[n-1]
 		d.freeSlots = d.freeSlots[:n-1]
@@ -173,20 +219,31 @@ func (d *dispatcher) attach(c *conn, now time.Time) {
 		d.slots = append(d.slots, s)
 	}
 	d.sessions[s.id] = s
-	c.sess = s
-	d.reply(c, codec.AppendWelcome(d.payload[:0], s.id, now, false))
+	return s
+}
+
+// release stops queueing for c and returns the message_id up to which
+// everything queued for c was handed to its socket.
+func (d *dispatcher) release(c *conn) uint64 {
+	lost := c.loop.release(c)
+	written := d.lastID // everything owed up to here was queued…
+	if next := c.sess.replayNext; next != 0 {
+		written = next - 1 // …or up to the replay's position
+	}
+	if lost != 0 && lost-1 < written {
+		written = lost - 1
+	}
+	return written
 }
 
 func (d *dispatcher) detach(c *conn, now time.Time) {
 	s := c.sess
 	if s == nil || s.conn != c {
-		return
+		return // taken over by a newer connection
 	}
+	s.resumeAfter = d.release(c)
 	s.conn = nil
 	s.detachedAt = now
-	// Until sessions can be resumed, a detached session has nothing left to
-	// serve: drop it now rather than keep matching its subscriptions.
-	d.drop(s)
 }
 
 // sweep drops sessions detached for longer than the session timeout.
@@ -203,10 +260,10 @@ func (d *dispatcher) drop(s *session) {
 		d.index.Remove(sub.sub)
 	}
 	s.subs = nil
+	s.replayNext = 0
 	delete(d.sessions, s.id)
 	d.slots[s.slot] = nil
 	d.freeSlots = append(d.freeSlots, s.slot)
-	d.eng.metrics.activeSubscriptions.Store(int64(d.index.Len()))
 }
 
 func (d *dispatcher) subscribe(c *conn, m *codec.ClientMessage) {
@@ -216,18 +273,31 @@ func (d *dispatcher) subscribe(c *conn, m *codec.ClientMessage) {
 		d.replyError(c, codec.CodeLimitExceeded, "a session may hold at most "+strconv.Itoa(d.cfg.MaxSubscriptions)+" subscriptions")
 		return
 	}
-	sub := subscription{id: m.SubscriptionID, filter: m.Filter}
+	sub := subscription{id: m.SubscriptionID, filter: m.Filter, from: d.lastID, covered: d.lastID}
+	if m.HasSince && m.Since < d.lastID {
+		sub.from, sub.covered = m.Since, m.Since
+	}
 	if i >= 0 {
 		d.index.Remove(s.subs[i].sub)
+		s.subs = append(s.subs[:i], s.subs[i+1:]...)
+	}
+	// What the session already has queued is covered for the other
+	// subscriptions; the new one starts from its own point.
+	if s.replayNext == 0 {
+		s.coverUpTo(d.lastID)
+	} else {
+		s.coverUpTo(s.replayNext - 1)
 	}
 	sub.sub = d.index.Add(s.slot, &sub.filter)
-	if i >= 0 {
-		s.subs[i] = sub
-	} else {
-		s.subs = append(s.subs, sub)
-	}
-	d.eng.metrics.activeSubscriptions.Store(int64(d.index.Len()))
+	s.subs = append(s.subs, sub)
 	d.reply(c, codec.AppendSubscribed(d.payload[:0], sub.id, &sub.filter))
+	if sub.from < d.lastID {
+		next := sub.from + 1
+		if s.replayNext != 0 {
+			next = min(next, s.replayNext)
+		}
+		d.startReplay(s, next)
+	}
 }
 
 func (d *dispatcher) unsubscribe(c *conn, m *codec.ClientMessage) {
@@ -239,7 +309,6 @@ func (d *dispatcher) unsubscribe(c *conn, m *codec.ClientMessage) {
 	}
 	d.index.Remove(s.subs[i].sub)
 	s.subs = append(s.subs[:i], s.subs[i+1:]...)
-	d.eng.metrics.activeSubscriptions.Store(int64(d.index.Len()))
 	d.reply(c, codec.AppendUnsubscribed(d.payload[:0], m.SubscriptionID))
 }
 
@@ -253,15 +322,112 @@ func (d *dispatcher) replyError(c *conn, code, message string) {
 	d.reply(c, codec.AppendError(d.payload[:0], code, message))
 }
 
+// startReplay makes the session's pump deliver, in order, every event from
+// message_id next on that it is owed, before it goes live again.
+func (d *dispatcher) startReplay(s *session, next uint64) {
+	if next > d.lastID {
+		return // nothing dispatched since: live already
+	}
+	if s.replayNext == 0 {
+		d.replaying = append(d.replaying, s)
+	}
+	s.replayNext = next
+	d.setReplaying(s, true)
+}
+
+func (d *dispatcher) setReplaying(s *session, on bool) {
+	if c := s.conn; c != nil {
+		c.loop.mu.Lock()
+		c.replaying = on
+		c.loop.mu.Unlock()
+	}
+}
+
+// pumpReplays moves replaying sessions forward as far as their connection
+// queues have room, so a replay of the whole window never overflows a
+// queue. It reports whether it queued anything.
+func (d *dispatcher) pumpReplays() bool {
+	if len(d.replaying) == 0 {
+		return false
+	}
+	worked := false
+	keep := d.replaying[:0]
+	for _, s := range d.replaying {
+		if s.replayNext == 0 || s.conn == nil {
+			if s.conn == nil && s.replayNext != 0 {
+				keep = append(keep, s) // resumes when a connection attaches
+			}
+			continue
+		}
+		if d.pump(s) {
+			worked = true
+		}
+		if s.replayNext != 0 {
+			keep = append(keep, s)
+		}
+	}
+	clear(d.replaying[len(keep):])
+	d.replaying = keep
+	return worked
+}
+
+func (d *dispatcher) pump(s *session) bool {
+	c := s.conn
+	room := max(1, d.cfg.MaxPendingMessages/2) - c.loop.pendingOf(c)
+	if room <= 0 {
+		return false
+	}
+	m := d.eng.metrics
+	if first, ok := d.history.First(); !ok || first > s.replayNext {
+		if !ok {
+			first = d.lastID + 1
+		}
+		m.resumesGap.Inc()
+		d.eng.metrics.errorSent(codec.CodeHistoryGap)
+		d.reply(c, codec.AppendHistoryGap(d.payload[:0],
+			"events from message_id "+strconv.FormatUint(s.replayNext, 10)+" are no longer held; continuing from "+strconv.FormatUint(first, 10),
+			first))
+		s.replayNext = first
+	}
+	queued := 0
+	d.history.After(s.replayNext-1, func(id uint64, f *outFrame) bool {
+		if queued >= room {
+			return false
+		}
+		s.replayNext = id + 1
+		if s.owed(id, f.ev) {
+			d.deliver(c, f)
+			queued++
+		}
+		return true
+	})
+	m.replayed.Add(queued)
+	if s.replayNext > d.lastID {
+		s.replayNext = 0 // caught up: live from the next event
+		d.setReplaying(s, false)
+	}
+	return queued > 0
+}
+
+func (d *dispatcher) publishGauges() {
+	m := d.eng.metrics
+	m.activeSubscriptions.Store(int64(d.index.Len()))
+	m.historyLen.Store(int64(d.history.Len()))
+	if first, ok := d.history.First(); ok {
+		m.historyFirst.Store(int64(first))
+	}
+}
+
 // dispatchEvent encodes one event once and queues it for every session
 // whose subscriptions match it.
 func (d *dispatcher) dispatchEvent(seq uint64, ev *event.Event) {
 	d.lastID = seq
 	f := d.encode(seq, ev)
 	d.eng.metrics.eventsBroadcast.Inc()
+	d.history.Append(seq, f, f.size())
 	d.owners = d.index.Match(ev, d.owners[:0])
 	for _, owner := range d.owners {
-		if s := d.slots[owner]; s != nil && s.conn != nil {
+		if s := d.slots[owner]; s != nil && s.conn != nil && s.replayNext == 0 {
 			d.deliver(s.conn, f)
 		}
 	}

@@ -70,10 +70,12 @@ func (l *loop) enqueue(ds []delivery, maxPending int) {
 	for _, d := range ds {
 		c := d.c
 		if c.gone || c.slow {
+			c.noteLost(d.f)
 			continue
 		}
 		if c.pending >= maxPending {
 			c.slow = true // the flush closes it
+			c.noteLost(d.f)
 		} else {
 			c.lanes[d.f.lane] = append(c.lanes[d.f.lane], d.f)
 			c.pending++
@@ -85,6 +87,45 @@ func (l *loop) enqueue(ds []delivery, maxPending int) {
 	}
 	l.scheduleLocked()
 	l.mu.Unlock()
+}
+
+// noteLost records that f, queued for c, will never be written. Guarded by loop.mu.
+func (c *conn) noteLost(f *outFrame) {
+	if f.id != 0 && (c.lost == 0 || f.id < c.lost) {
+		c.lost = f.id
+	}
+}
+
+// release stops queueing for c (it closed, or its session moved to another
+// connection) and returns the lowest message_id queued for it that was
+// never handed to its socket, or 0.
+func (l *loop) release(c *conn) uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c.gone = true
+	for i := range c.lanes {
+		for _, f := range c.lanes[i] {
+			c.noteLost(f)
+		}
+		c.lanes[i] = nil
+	}
+	c.pending = 0
+	return c.lost
+}
+
+// pendingOf returns how many frames wait in c's queue.
+func (l *loop) pendingOf(c *conn) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return c.pending
+}
+
+// closeAsync closes c from any goroutine, telling the client why.
+func (l *loop) closeAsync(c *conn, reason string) {
+	_ = l.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+		c.closeWith(reason, ws.StatusNormalClosure, reason)
+		return nil
+	}))
 }
 
 // scheduleLocked queues one flush on the loop unless one is queued already.
@@ -116,6 +157,7 @@ func (l *loop) flush() {
 	dirty := l.dirty
 	l.dirty = l.spare[:0]
 	var slow []*conn
+	wake := false
 	for _, c := range dirty {
 		switch {
 		case c.gone:
@@ -134,11 +176,16 @@ func (l *loop) flush() {
 				c.lanes[lane] = shrink(c.lanes[lane])
 			}
 			c.pending = 0
+			wake = wake || c.replaying
 			l.takenBy = append(l.takenBy, takenRange{c, start, len(l.taken)})
 		}
 	}
 	l.mu.Unlock()
 	l.spare = dirty[:0]
+	if wake {
+		// A replaying session's queue has room again: let its pump go on.
+		l.eng.disp.cmds.push(command{kind: cmdWake})
+	}
 
 	now := time.Now().UnixNano()
 	var sent, events int

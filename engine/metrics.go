@@ -16,6 +16,8 @@ type engineMetrics struct {
 
 	activeConnections   atomic.Int64
 	activeSubscriptions atomic.Int64
+	historyLen          atomic.Int64
+	historyFirst        atomic.Int64
 
 	totalConnections  *metrics.Counter
 	messagesSent      *metrics.Counter
@@ -26,6 +28,10 @@ type engineMetrics struct {
 	ingestRejected    *metrics.Counter
 	slowConsumers     *metrics.Counter
 	handshakeRejected *metrics.Counter
+	resumesFresh      *metrics.Counter
+	resumesResumed    *metrics.Counter
+	resumesGap        *metrics.Counter
+	replayed          *metrics.Counter
 	sessionDuration   *metrics.PrometheusHistogram
 	latency           *metrics.PrometheusHistogram
 	errors            map[string]*metrics.Counter
@@ -56,6 +62,10 @@ func newEngineMetrics() *engineMetrics {
 		ingestRejected:    s.NewCounter("flarecast_ingest_events_rejected_total"),
 		slowConsumers:     s.NewCounter("websocket_slow_consumer_disconnects_total"),
 		handshakeRejected: s.NewCounter("websocket_handshakes_rejected_total"),
+		resumesFresh:      s.NewCounter(`flarecast_session_resumes_total{result="fresh"}`),
+		resumesResumed:    s.NewCounter(`flarecast_session_resumes_total{result="resumed"}`),
+		resumesGap:        s.NewCounter(`flarecast_session_resumes_total{result="gap"}`),
+		replayed:          s.NewCounter("flarecast_replayed_events_total"),
 		sessionDuration: s.NewPrometheusHistogramExt("websocket_session_duration_seconds",
 			[]float64{1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600}),
 		latency: s.NewPrometheusHistogramExt("websocket_message_latency_seconds",
@@ -65,6 +75,8 @@ func newEngineMetrics() *engineMetrics {
 	}
 	s.NewGauge("websocket_active_connections", func() float64 { return float64(m.activeConnections.Load()) })
 	s.NewGauge("websocket_active_subscriptions", func() float64 { return float64(m.activeSubscriptions.Load()) })
+	s.NewGauge("flarecast_history_events", func() float64 { return float64(m.historyLen.Load()) })
+	s.NewGauge("flarecast_history_oldest_message_id", func() float64 { return float64(m.historyFirst.Load()) })
 	for _, code := range errorCodes {
 		m.errors[code] = s.NewCounter(`websocket_errors_total{code="` + code + `"}`)
 	}

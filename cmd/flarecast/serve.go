@@ -22,6 +22,9 @@ func serve(args []string) error {
 	fs.DurationVar(&cfg.CleanupInterval, "cleanup-interval", cfg.CleanupInterval, "how often idle clients and expired sessions are swept")
 	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", cfg.HandshakeTimeout, "close a connection that has not finished its upgrade request in this time")
 	fs.IntVar(&cfg.BroadcastCapacity, "broadcast-capacity", cfg.BroadcastCapacity, "events buffered between ingest and dispatch (producers wait when full)")
+	fs.IntVar(&cfg.HistorySize, "history-size", cfg.HistorySize, "events kept for resume and backfill (0 disables)")
+	historyBytes := int(cfg.HistoryMaxBytes)
+	fs.Var(sizeValue{&historyBytes}, "history-max-bytes", "memory bound of the history window")
 	fs.Var(boolValue{&cfg.Compression}, "compression", "permessage-deflate for clients that offer it (true|false)")
 	fs.Var(sizeValue{&cfg.CompressionMinSize}, "compression-min-size", "events smaller than this are sent uncompressed")
 	fs.Var(sizeValue{&cfg.MaxMessageSize}, "max-message-size", "largest client message and ingest line")
@@ -34,6 +37,7 @@ func serve(args []string) error {
 	if fs.NArg() > 0 {
 		return usageError("serve takes no arguments, got " + fs.Arg(0))
 	}
+	cfg.HistoryMaxBytes = int64(historyBytes)
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return usageError("--log-level: " + err.Error())
