@@ -4,12 +4,13 @@ BIN       := bin
 GOFLAGS_BUILD := -trimpath
 LDFLAGS   := -s -w
 
-.PHONY: all build run test test-race vet fmt bench fuzz clean
+.PHONY: all build run test test-race vet fmt bench fuzz clean loadtest-smoke
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags '$(LDFLAGS)' -o $(BIN)/flarecast ./cmd/flarecast
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -ldflags '$(LDFLAGS)' -o $(BIN)/flarecast-loadtest ./cmd/flarecast-loadtest
 
 # Run the server with its embedded defaults: WebSocket on :8080/ws, admin
 # on :9090, ingest socket ./flarecast.sock, no authentication.
@@ -24,6 +25,11 @@ vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
+
+# A 2-second load test against a server the load tester starts itself:
+# 200 compressed connections, 200 events/s; fails on any loss or duplicate.
+loadtest-smoke: build
+	./$(BIN)/flarecast-loadtest --spawn --server-bin $(BIN)/flarecast --scenario smoke --out loadtest-out
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./bench/

@@ -182,3 +182,35 @@ func validCloseCode(c ws.StatusCode) bool {
 	}
 	return false
 }
+
+// ErrShortFrame means the buffer ends inside a frame: wait for more bytes.
+// ErrShortHeader is the case where even the header is incomplete.
+var ErrShortFrame = errors.New("codec: short frame")
+
+// NextClientFrame takes the client frame at the start of b: it checks what
+// RFC 6455 requires of a frame from a client (masked, within maxPayload),
+// unmasks the payload in place and returns it with the frame's total size.
+// It returns ErrShortHeader or ErrShortFrame when b holds only part of the
+// frame, and a *ProtocolError (1002, or 1009 for an oversized frame) when
+// the frame is unacceptable however it continues. The payload aliases b.
+func NextClientFrame(b []byte, maxPayload int64) (h Header, payload []byte, n int, err error) {
+	h, hn, err := ParseHeader(b)
+	if err != nil {
+		return h, nil, 0, err
+	}
+	switch {
+	case !h.Masked:
+		return h, nil, 0, &ProtocolError{ws.StatusProtocolError, "client frames must be masked"}
+	case h.Length > maxPayload:
+		return h, nil, 0, &ProtocolError{ws.StatusMessageTooBig, "frame exceeds max-message-size"}
+	case h.OpCode.IsControl() && h.Rsv != 0:
+		return h, nil, 0, &ProtocolError{ws.StatusProtocolError, "reserved bits set on a control frame"}
+	}
+	if int64(len(b)-hn) < h.Length {
+		return h, nil, 0, ErrShortFrame
+	}
+	n = hn + int(h.Length)
+	payload = b[hn:n]
+	Unmask(payload, h.Mask)
+	return h, payload, n, nil
+}

@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"runtime"
 	"time"
+
+	"github.com/flarecast/flarecast/auth"
 )
 
 // Config is everything `flarecast serve` can be told. The zero value is not
@@ -45,11 +48,46 @@ type Config struct {
 	MaxMessageSize int
 	// MaxSubscriptions bounds the subscriptions of one session.
 	MaxSubscriptions int
+	// Broker joins a fleet sharing one event stream: a redis:// URL. Empty
+	// means a single instance with its in-memory ring.
+	Broker string
 	// HandshakeTimeout closes a connection that has not completed its
 	// upgrade request in this time (slowloris).
 	HandshakeTimeout time.Duration
 	// EventLoops is the number of gnet event loops (default: GOMAXPROCS).
 	EventLoops int
+	// Board serves the live incident board (a self-contained page, package
+	// board) at GET / on the admin listener.
+	Board bool
+
+	// Security (see the README's Security section). The zero values turn
+	// each check off, as `make run` on loopback wants.
+
+	// Auth verifies the token of every upgrade request (`--auth jwt`); nil
+	// accepts every client (`--auth none`).
+	Auth *auth.Verifier
+	// MaxConnections bounds the WebSocket connections of the server, and
+	// MaxConnectionsPerIP those of one client address (an IPv6 client is
+	// counted by its /64); 0 means unlimited. Refused upgrades get 503 and
+	// 429.
+	MaxConnections      int
+	MaxConnectionsPerIP int
+	// TrustedProxies are the peers (a TLS-terminating nginx) whose
+	// X-Forwarded-For / X-Real-IP name the client address; from any other
+	// peer those headers are ignored.
+	TrustedProxies []netip.Prefix
+	// RateLimit bounds the messages a client sends per second (a token
+	// bucket of RateBurst); excess gets RATE_LIMITED, persistent excess a
+	// 1008 close. 0 disables it. RateBurst 0 means one second's worth.
+	RateLimit float64
+	RateBurst int
+	// AllowedOrigins, when not empty, lists the browser origins
+	// (scheme://host[:port]) that may open a connection; a request with
+	// another Origin header gets 403. Requests without Origin (not from a
+	// browser) are not affected.
+	AllowedOrigins []string
+	// MaxHeaderSize bounds the upgrade request's header; larger gets 431.
+	MaxHeaderSize int
 
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
@@ -75,6 +113,8 @@ func DefaultConfig() Config {
 		MaxSubscriptions:   100,
 		HandshakeTimeout:   10 * time.Second,
 		EventLoops:         runtime.GOMAXPROCS(0),
+		Board:              true,
+		MaxHeaderSize:      8 << 10,
 	}
 }
 
@@ -102,6 +142,7 @@ func (c *Config) Validate() error {
 	positive("max-message-size", c.MaxMessageSize)
 	positive("max-subscriptions", c.MaxSubscriptions)
 	positive("event-loops", c.EventLoops)
+	errs = append(errs, c.validateSecurity()...)
 	positiveDur("heartbeat-interval", c.HeartbeatInterval)
 	positiveDur("session-timeout", c.SessionTimeout)
 	positiveDur("cleanup-interval", c.CleanupInterval)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/gobwas/ws/wsflate"
 	"github.com/panjf2000/gnet/v2"
 
+	"github.com/flarecast/flarecast/auth"
 	"github.com/flarecast/flarecast/codec"
 )
 
@@ -23,10 +25,6 @@ const (
 	stateClosing                    // close frame sent; reading stops
 )
 
-// maxRequestHeader bounds the upgrade request: a client that sends more
-// without finishing its headers gets 431 and is closed.
-const maxRequestHeader = 8 << 10
-
 // conn is flarecast's state for one TCP connection, kept as the gnet
 // connection's context. It holds no buffer while the connection is idle:
 // reads use gnet's per-loop buffer, and queued frames are shared pointers.
@@ -35,17 +33,24 @@ type conn struct {
 	loop *loop
 
 	// Owned by the loop goroutine.
-	state      connState
-	closed     bool // OnClose ran: gc must not be written to
-	upgraded   bool // the WebSocket handshake succeeded: a session is attached
-	deflate    bool // permessage-deflate negotiated
-	openedAt   time.Time
-	lastSeen   time.Time // last frame from the client
-	msg        []byte    // a fragmented data message being reassembled; nil when none
-	msgOp      ws.OpCode
-	msgDeflate bool
-	fragmented bool
-	prev, next *conn // loop.conns
+	state       connState
+	closed      bool // OnClose ran: gc must not be written to
+	upgraded    bool // the WebSocket handshake succeeded: a session is attached
+	welcomed    bool // the welcome was written: client frames may be processed
+	draining    bool // shutting down: close once the goodbye reached the kernel
+	deflate     bool // permessage-deflate negotiated
+	openedAt    time.Time
+	lastSeen    time.Time // last frame from the client
+	msg         []byte    // a fragmented data message being reassembled; nil when none
+	msgOp       ws.OpCode
+	msgDeflate  bool
+	fragmented  bool
+	limited     bool         // holds a slot in eng.limits (security.go)
+	rateStrikes uint8        // messages over the rate limit since the bucket was last half full
+	prev, next  *conn        // loop.conns
+	rateTAT     int64        // rate limit bucket (GCRA): ns after openedAt
+	auth        *auth.Claims // the token's claims; nil without --auth jwt
+	peer        *peerCount   // this connection's client address count; nil when not counted
 
 	// Guarded by loop.mu: the queue the dispatcher fills and flush drains.
 	lanes     [numLanes][]*outFrame
@@ -90,6 +95,10 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	c.closed = true
 	c.msg = nil
 	l.release(c)
+	if c.limited {
+		c.limited = false
+		h.eng.limits.release(c.peer)
+	}
 	if !c.upgraded {
 		return gnet.None
 	}
@@ -104,13 +113,20 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 }
 
 func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
-	c := gc.Context().(*conn)
-	buf, _ := gc.Peek(-1)
+	gc.Context().(*conn).readInbound()
+	return gnet.None
+}
+
+// readInbound consumes what the client has sent: the upgrade request, then
+// frames. Frames wait until the welcome has been written (flush calls
+// readInbound again then), so every reply a client gets follows its welcome.
+func (c *conn) readInbound() {
+	buf, _ := c.gc.Peek(-1)
 	used := 0
 	if c.state == stateHandshake {
 		used = c.handshake(buf)
 	}
-	for c.state == stateOpen && used < len(buf) {
+	for c.state == stateOpen && c.welcomed && used < len(buf) {
 		n := c.readFrame(buf[used:])
 		if n == 0 {
 			break
@@ -120,18 +136,21 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 	if c.state == stateClosing {
 		used = len(buf) // nothing after a close frame matters
 	}
-	_, _ = gc.Discard(used)
-	return gnet.None
+	if used > 0 { // Discard(0) would drop everything buffered
+		_, _ = c.gc.Discard(used)
+	}
 }
 
 // handshake upgrades the connection once the whole request header is in
 // buf, and returns how many bytes it used. Anything that is not a valid
 // upgrade to the endpoint gets an HTTP error response and is closed.
 func (c *conn) handshake(buf []byte) int {
+	maxHeader := c.eng().cfg.MaxHeaderSize
 	end := bytes.Index(buf, []byte("\r\n\r\n"))
-	if end < 0 {
-		if len(buf) > maxRequestHeader {
-			c.reject(http.StatusRequestHeaderFieldsTooLarge, "request header too large")
+	if end < 0 || end+4 > maxHeader {
+		if len(buf) > maxHeader {
+			c.reject(refusal{status: http.StatusRequestHeaderFieldsTooLarge, reason: refuseHeaderTooLarge,
+				body: "request header larger than " + strconv.Itoa(maxHeader) + " bytes"})
 			return len(buf)
 		}
 		return 0
@@ -143,16 +162,33 @@ func (c *conn) handshake(buf []byte) int {
 	hs.out.Reset()
 	hs.path, hs.query = false, ""
 	hs.deflate.Reset()
+	hs.bearer, hs.origin = "", ""
+	hs.forwarded, hs.realIP = netip.Addr{}, netip.Addr{}
+	hs.peer = peerAddr(c.gc.RemoteAddr())
+	hs.trustPeer = containsAddr(hs.cfg.TrustedProxies, hs.peer)
 	_, err := l.upgrader.Upgrade(hs)
 	if err != nil {
-		if !hasUpgradeHeader(req) && hs.path {
-			c.reject(http.StatusUpgradeRequired, "this endpoint speaks WebSocket only")
-		} else {
-			c.eng().metrics.handshakeRejected.Inc()
+		var rej *ws.ConnectionRejectedError
+		switch {
+		case !hasUpgradeHeader(req) && hs.path:
+			c.reject(refusal{status: http.StatusUpgradeRequired, reason: refuseUpgradeRequired,
+				body: "this endpoint speaks WebSocket only"})
+		default:
+			reason := refuseBadRequest
+			if errors.As(err, &rej) && rej.StatusCode() == http.StatusNotFound {
+				reason = refuseNotFound
+			}
+			m := c.eng().metrics
+			m.handshakeRejected.Inc()
+			m.refuse(reason)
 			_, _ = c.gc.Write(hs.out.Bytes())
 			_ = c.gc.Close()
 			c.state = stateClosing
 		}
+		return len(req)
+	}
+	if r := c.admit(hs); r.status != 0 {
+		c.reject(r)
 		return len(req)
 	}
 	_, _ = c.gc.Write(hs.out.Bytes())
@@ -161,16 +197,19 @@ func (c *conn) handshake(buf []byte) int {
 	m := c.eng().metrics
 	m.activeConnections.Add(1)
 	m.totalConnections.Inc()
-	c.eng().disp.cmds.push(command{kind: cmdAttach, c: c, resumeID: hs.param("session_id"), now: time.Now()})
+	c.eng().disp.cmds.push(command{kind: cmdAttach, c: c, resumeID: hs.param("session_id"), claims: c.auth, now: time.Now()})
 	return len(req)
 }
 
 func (c *conn) eng() *Engine { return c.loop.eng }
 
-// reject answers a request that is not a WebSocket upgrade with an HTTP
-// error and closes the connection.
-func (c *conn) reject(status int, reason string) {
-	c.eng().metrics.handshakeRejected.Inc()
+// reject answers an upgrade request it refuses with an HTTP error, counts
+// the refusal, and closes the connection.
+func (c *conn) reject(r refusal) {
+	status, reason := r.status, r.body
+	m := c.eng().metrics
+	m.handshakeRejected.Inc()
+	m.refuse(r.reason)
 	var b []byte
 	b = append(b, "HTTP/1.1 "...)
 	b = strconv.AppendInt(b, int64(status), 10)
@@ -180,6 +219,7 @@ func (c *conn) reject(status int, reason string) {
 	if status == http.StatusUpgradeRequired {
 		b = append(b, "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"...)
 	}
+	b = append(b, r.header...)
 	b = append(b, "Content-Length: "...)
 	b = strconv.AppendInt(b, int64(len(reason)+1), 10)
 	b = append(b, "\r\n\r\n"...)
@@ -205,7 +245,9 @@ func (l *loop) initUpgrader() {
 	cfg := &l.eng.cfg
 	hs := &l.hs
 	hs.deflate.Parameters = wsflate.Parameters{ServerNoContextTakeover: true, ClientNoContextTakeover: true}
+	hs.cfg = cfg
 	l.upgrader = ws.Upgrader{
+		OnHeader: hs.onHeader,
 		OnRequest: func(uri []byte) error {
 			path, query, _ := bytes.Cut(uri, []byte("?"))
 			if string(path) != cfg.Path {
@@ -234,9 +276,8 @@ func (hs *handshake) param(name string) string {
 // readFrame handles the frame at the start of b and returns its size, or 0
 // when b does not hold the whole frame yet.
 func (c *conn) readFrame(b []byte) int {
-	cfg := &c.eng().cfg
-	h, hn, err := codec.ParseHeader(b)
-	if errors.Is(err, codec.ErrShortHeader) {
+	h, payload, n, err := codec.NextClientFrame(b, int64(c.eng().cfg.MaxMessageSize))
+	if errors.Is(err, codec.ErrShortHeader) || errors.Is(err, codec.ErrShortFrame) {
 		return 0
 	}
 	var perr *codec.ProtocolError
@@ -244,31 +285,13 @@ func (c *conn) readFrame(b []byte) int {
 		c.fail(perr.Code, perr.Reason)
 		return len(b)
 	}
-	switch {
-	case !h.Masked:
-		c.fail(ws.StatusProtocolError, "client frames must be masked")
-		return len(b)
-	case h.Length > int64(cfg.MaxMessageSize):
-		c.fail(ws.StatusMessageTooBig, "frame exceeds max-message-size")
-		return len(b)
-	}
-	total := hn + int(h.Length)
-	if len(b) < total {
-		return 0
-	}
-	payload := b[hn:total]
-	codec.Unmask(payload, h.Mask)
 	c.lastSeen = time.Now()
 	if h.OpCode.IsControl() {
-		if h.Rsv != 0 {
-			c.fail(ws.StatusProtocolError, "reserved bits set on a control frame")
-		} else {
-			c.control(h.OpCode, payload)
-		}
-		return total
+		c.control(h.OpCode, payload)
+	} else {
+		c.data(h, payload)
 	}
-	c.data(h, payload)
-	return total
+	return n
 }
 
 func (c *conn) control(op ws.OpCode, payload []byte) {
@@ -339,6 +362,9 @@ func (c *conn) data(h codec.Header, payload []byte) {
 // message handles one complete data message.
 func (c *conn) message(op ws.OpCode, data []byte, compressed bool) {
 	l := c.loop
+	if c.eng().cfg.RateLimit > 0 && !c.allowMessage() {
+		return // refused before any decoding: a flood costs little
+	}
 	if compressed {
 		inflated, err := codec.Inflate(l.scratch[:0], data, c.eng().cfg.MaxMessageSize)
 		switch {
@@ -375,7 +401,7 @@ func (c *conn) message(op ws.OpCode, data []byte, compressed bool) {
 	case codec.TypeAck:
 		c.eng().disp.cmds.push(command{kind: cmdAck, c: c, msg: m})
 	case codec.TypeAuth:
-		c.sendError(codec.CodeUnsupported, "authentication is not enabled on this server")
+		c.refreshAuth(m.Token)
 	}
 }
 
@@ -406,12 +432,20 @@ func (c *conn) fail(code ws.StatusCode, reason string) {
 
 // closeWith tells the client why in a closing message, then closes with code.
 func (c *conn) closeWith(reason string, code ws.StatusCode, closeReason string) {
+	if c.goodbye(reason, code, closeReason) {
+		_ = c.gc.Close()
+	}
+}
+
+// goodbye writes the closing message and a close frame, and stops reading;
+// it reports whether it did (the connection was open).
+func (c *conn) goodbye(reason string, code ws.StatusCode, closeReason string) bool {
 	if c.closed || c.state != stateOpen {
-		return
+		return false
 	}
 	c.eng().metrics.closed(reason)
 	c.write(codec.TextFrame(codec.AppendClosing(c.loop.scratch[:0], reason)))
 	c.write(codec.AppendClose(c.loop.scratch[:0], code, closeReason))
 	c.state = stateClosing
-	_ = c.gc.Close()
+	return true
 }

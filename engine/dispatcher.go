@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flarecast/flarecast/auth"
 	"github.com/flarecast/flarecast/codec"
 	"github.com/flarecast/flarecast/event"
 	"github.com/flarecast/flarecast/filterindex"
@@ -45,6 +46,7 @@ type command struct {
 	c        *conn
 	msg      *codec.ClientMessage
 	resumeID string
+	claims   *auth.Claims // attach: the connection's token; nil without auth
 	now      time.Time
 }
 
@@ -158,7 +160,7 @@ func (d *dispatcher) runCommands() bool {
 func (d *dispatcher) apply(cmd *command) {
 	switch cmd.kind {
 	case cmdAttach:
-		d.attach(cmd.c, cmd.resumeID, cmd.now)
+		d.attach(cmd.c, cmd.resumeID, cmd.claims, cmd.now)
 	case cmdDetach:
 		d.detach(cmd.c, cmd.now)
 	case cmdSubscribe:
@@ -181,11 +183,25 @@ func (d *dispatcher) apply(cmd *command) {
 // attach gives a new connection its session: the one named by resumeID
 // when it is still held (a resume, or a takeover of a live connection), or
 // a fresh one.
-func (d *dispatcher) attach(c *conn, resumeID string, now time.Time) {
+//
+// A session is bound to the token that created it: only a token with the
+// same subject and scope may resume or take it over. Any other is refused
+// (UNAUTHORIZED, then a 1008 close); the connection still gets a session of
+// its own, empty and never announced, so that commands it sent meanwhile
+// find one, and the session it named is left untouched.
+func (d *dispatcher) attach(c *conn, resumeID string, claims *auth.Claims, now time.Time) {
 	m := d.eng.metrics
 	s := d.sessions[resumeID]
+	if s != nil && !s.auth.SameHolder(claims) {
+		m.refuse(refuseResume)
+		s = d.newSession(now)
+		s.auth, s.conn, c.sess = claims, c, s
+		c.loop.refuseSession(c, "session "+resumeID+" belongs to another token holder")
+		return
+	}
 	if s == nil {
 		s = d.newSession(now)
+		s.auth = claims
 		s.conn, c.sess = c, s
 		m.resumesFresh.Inc()
 		d.reply(c, codec.AppendWelcome(d.payload[:0], s.id, now, false))
@@ -270,10 +286,23 @@ func (d *dispatcher) subscribe(c *conn, m *codec.ClientMessage) {
 	s := c.sess
 	i := s.find(m.SubscriptionID)
 	if i < 0 && len(s.subs) >= d.cfg.MaxSubscriptions {
+		d.eng.metrics.refuse(refuseMaxSubs)
 		d.replyError(c, codec.CodeLimitExceeded, "a session may hold at most "+strconv.Itoa(d.cfg.MaxSubscriptions)+" subscriptions")
 		return
 	}
-	sub := subscription{id: m.SubscriptionID, filter: m.Filter, from: d.lastID, covered: d.lastID}
+	filter := m.Filter
+	if s.auth != nil && s.auth.Scope != nil {
+		// The token's scope bounds everything the session may see: the
+		// subscription keeps only what lies inside it (the subscribed reply
+		// shows the result), and one entirely outside is refused.
+		var ok bool
+		if filter, ok = auth.Intersect(&m.Filter, s.auth.Scope); !ok {
+			d.eng.metrics.refuse(refuseScope)
+			d.replyError(c, codec.CodeUnauthorized, "subscription "+strconv.Quote(m.SubscriptionID)+" lies outside the token's scope")
+			return
+		}
+	}
+	sub := subscription{id: m.SubscriptionID, filter: filter, from: d.lastID, covered: d.lastID}
 	if m.HasSince && m.Since < d.lastID {
 		sub.from, sub.covered = m.Since, m.Since
 	}
@@ -413,6 +442,7 @@ func (d *dispatcher) publishGauges() {
 	m := d.eng.metrics
 	m.activeSubscriptions.Store(int64(d.index.Len()))
 	m.historyLen.Store(int64(d.history.Len()))
+	m.lastDispatched.Store(d.lastID)
 	if first, ok := d.history.First(); ok {
 		m.historyFirst.Store(int64(first))
 	}
@@ -421,6 +451,9 @@ func (d *dispatcher) publishGauges() {
 // dispatchEvent encodes one event once and queues it for every session
 // whose subscriptions match it.
 func (d *dispatcher) dispatchEvent(seq uint64, ev *event.Event) {
+	if ev.ID != 0 {
+		seq = ev.ID // a fleet: the broker's global message_id
+	}
 	d.lastID = seq
 	f := d.encode(seq, ev)
 	d.eng.metrics.eventsBroadcast.Inc()

@@ -27,6 +27,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/flarecast/flarecast/broker"
 	"github.com/flarecast/flarecast/event"
 	"github.com/flarecast/flarecast/ingest"
 	"github.com/flarecast/flarecast/ring"
@@ -38,6 +39,8 @@ type Engine struct {
 	log     *slog.Logger
 	metrics *engineMetrics
 	disp    *dispatcher
+	broker  *broker.Redis // nil on a single instance
+	limits  connLimiter   // connections per server and per client address
 
 	loopsMu sync.Mutex
 	loops   map[gnet.EventLoop]*loop
@@ -69,6 +72,22 @@ func New(cfg Config) (*Engine, error) {
 		bootedCh: make(chan struct{}),
 	}
 	e.disp = newDispatcher(e)
+	if cfg.Broker != "" {
+		b, err := broker.NewRedis(cfg.Broker, cfg.HistorySize)
+		if err != nil {
+			return nil, err
+		}
+		e.broker = b
+		e.metrics.set.NewGauge("flarecast_broker_up", func() float64 { return b2f(b.Up()) })
+		e.metrics.set.NewGauge("flarecast_broker_reconnects_total", func() float64 { return float64(b.Reconnects()) })
+		e.metrics.set.NewGauge("flarecast_broker_lag_events", func() float64 {
+			newest, done := b.Newest(), e.metrics.lastDispatched.Load()
+			if newest < done {
+				return 0
+			}
+			return float64(newest - done)
+		})
+	}
 	return e, nil
 }
 
@@ -77,6 +96,9 @@ func New(cfg Config) (*Engine, error) {
 // dropped) and fails only when ctx ends first or the engine is stopping.
 func (e *Engine) Publish(ctx context.Context, ev *event.Event) (uint64, error) {
 	ev.Accepted = time.Now()
+	if e.broker != nil {
+		return e.appendToBroker(ctx, ev)
+	}
 	id, err := e.disp.ring.Publish(ctx, ev)
 	if errors.Is(err, ring.ErrClosed) {
 		return 0, ErrStopped
@@ -88,8 +110,63 @@ func (e *Engine) Publish(ctx context.Context, ev *event.Event) (uint64, error) {
 	return id, nil
 }
 
+// ErrUnavailable wraps a publish the fleet's broker could not store: the
+// event was not accepted and the producer may retry.
+var ErrUnavailable = errors.New("flarecast: broker unavailable")
+
+// appendToBroker stores the event in the fleet's stream; it reaches this
+// instance's ring, like every other instance's, through the tailer.
+func (e *Engine) appendToBroker(ctx context.Context, ev *event.Event) (uint64, error) {
+	if e.stopping.Load() {
+		return 0, ErrStopped
+	}
+	start := time.Now()
+	id, err := e.broker.Append(ctx, ev.JSON, ev.Accepted)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	e.metrics.brokerAppend.UpdateDuration(start)
+	e.metrics.ingestAccepted.Inc()
+	return id, nil
+}
+
+// tail feeds the local ring from the fleet's stream until ctx ends.
+func (e *Engine) tail(ctx context.Context) error {
+	return e.broker.Tail(ctx, 0, func(entry broker.Entry) error {
+		ev, err := event.ParseAccepted(entry.Data)
+		if err != nil {
+			e.log.Error("skipping an unreadable event in the broker stream", "message_id", entry.ID, "err", err)
+			return nil
+		}
+		ev.ID, ev.Accepted = entry.ID, entry.Accepted
+		if _, err := e.disp.ring.Publish(ctx, ev); err != nil {
+			return err
+		}
+		return nil
+	})
+}
+
 // Rejected counts an ingest line that failed validation.
 func (e *Engine) Rejected() { e.metrics.ingestRejected.Inc() }
+
+// PublishJSON validates one event (a JSON object) exactly as the ingest
+// socket does and publishes it: the ingest server calls it for every line,
+// so an embedding program gets the same validation, the same message_ids
+// and the same rejection counts. An invalid event returns an *event.Error;
+// any other error means the event was not accepted (ErrStopped, ctx).
+// line is not retained.
+func (e *Engine) PublishJSON(ctx context.Context, line []byte) (uint64, error) {
+	if len(line) > e.cfg.MaxMessageSize {
+		e.Rejected()
+		return 0, &event.Error{Message: fmt.Sprintf("line of %d bytes exceeds max-message-size (%d)", len(line), e.cfg.MaxMessageSize)}
+	}
+	ev, err := event.Parse(line)
+	if err != nil {
+		e.Rejected()
+		return 0, err
+	}
+	return e.Publish(ctx, ev)
+}
 
 // Addr returns the WebSocket listener's address once Run has started
 // listening (useful with port 0), or nil.
@@ -159,6 +236,19 @@ func (e *Engine) Run(ctx context.Context) error {
 		return fmt.Errorf("WebSocket listener %s: %w", e.cfg.Listen, err)
 	}
 	go e.housekeeper(hkCtx)
+	tailCtx, stopTail := context.WithCancel(context.Background())
+	defer stopTail()
+	tailDone := make(chan struct{})
+	if e.broker != nil {
+		go func() {
+			defer close(tailDone)
+			if err := e.tail(tailCtx); err != nil && tailCtx.Err() == nil {
+				e.log.Error("broker tail stopped", "err", err)
+			}
+		}()
+	} else {
+		close(tailDone)
+	}
 
 	ingestCtx, stopIngest := context.WithCancel(context.Background())
 	defer stopIngest()
@@ -194,6 +284,11 @@ func (e *Engine) Run(ctx context.Context) error {
 	// on every loop, then stop the loops.
 	stopIngest()
 	<-ingestDone
+	stopTail()
+	<-tailDone
+	if e.broker != nil {
+		e.broker.Close()
+	}
 	e.disp.ring.Close()
 	<-dispDone
 	stopHK()
@@ -209,6 +304,7 @@ func (e *Engine) Run(ctx context.Context) error {
 			}
 		}
 		waitTimeout(&wg, 3*time.Second)
+		e.drainConnections(5 * time.Second)
 		stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if err := e.gnetEng.Stop(stopCtx); err != nil {
@@ -239,6 +335,8 @@ func (e *Engine) readiness() error {
 		return errors.New("starting")
 	case e.stopping.Load():
 		return errors.New("shutting down")
+	case e.broker != nil && !e.broker.Up():
+		return errors.New("broker unreachable")
 	}
 	return nil
 }
@@ -250,6 +348,25 @@ func (e *Engine) AdminAddr() net.Addr {
 		return e.adminAddr
 	default:
 		return nil
+	}
+}
+
+// drainConnections waits, up to timeout, for the goodbyes of a shutdown to
+// reach every client, closing each connection as its data is written.
+func (e *Engine) drainConnections(timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for {
+		force := time.Now().After(deadline)
+		for _, l := range e.allLoops() {
+			_ = l.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+				l.closeDrained(force)
+				return nil
+			}))
+		}
+		if force || e.metrics.activeConnections.Load() == 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -343,4 +460,11 @@ func (e *Engine) housekeeper(ctx context.Context) {
 			}))
 		}
 	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -246,3 +246,14 @@ func (s *testServer) metric(t testing.TB, series string) float64 {
 func ev(fields string) string {
 	return `{"event_type":"incident_created",` + fields + `}`
 }
+
+// status returns the HTTP status of an admin path.
+func (s *testServer) status(t testing.TB, path string) int {
+	t.Helper()
+	resp, err := http.Get(s.admin + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}

@@ -3,6 +3,7 @@ package engine
 import (
 	"bytes"
 	"context"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -58,7 +59,7 @@ type takenRange struct {
 
 func newLoop(eng *Engine, el gnet.EventLoop) *loop {
 	l := &loop{eng: eng, el: el}
-	l.flushFn = gnet.RunnableFunc(func(context.Context) error { l.flush(); return nil })
+	l.flushFn = gnet.RunnableFunc(func(context.Context) error { l.flush(false); return nil })
 	l.initUpgrader()
 	return l
 }
@@ -149,8 +150,9 @@ func (l *loop) retry() {
 
 // flush runs on the loop: it takes every dirty connection's queued frames
 // under the lock, then writes each connection's frames with one writev
-// outside it.
-func (l *loop) flush() {
+// outside it. force writes even to connections over the high-water mark
+// (at shutdown, when nothing else will).
+func (l *loop) flush(force bool) {
 	m := l.eng.metrics
 	l.mu.Lock()
 	l.scheduled = false
@@ -165,7 +167,7 @@ func (l *loop) flush() {
 		case c.slow:
 			c.dirty = false
 			slow = append(slow, c)
-		case c.gc.OutboundBuffered() > highWater:
+		case !force && c.gc.OutboundBuffered() > highWater:
 			l.dirty = append(l.dirty, c) // stays dirty; retried later
 		default:
 			c.dirty = false
@@ -212,6 +214,14 @@ func (l *loop) flush() {
 			}
 			sent += n
 			frames = frames[n:]
+		}
+		if !c.welcomed && !c.closed {
+			// The welcome went out first: the client's frames that
+			// arrived meanwhile can be answered now.
+			c.welcomed = true
+			if c.gc.InboundBuffered() > 0 {
+				c.readInbound()
+			}
 		}
 	}
 	clear(l.taken)
@@ -279,9 +289,12 @@ func (l *loop) housekeep(now time.Time, ping bool) {
 		case c.state == stateHandshake:
 			if now.Sub(c.openedAt) > cfg.HandshakeTimeout {
 				l.eng.metrics.handshakeRejected.Inc()
+				l.eng.metrics.refuse(refuseHandshakeTime)
 				_ = c.gc.Close()
 			}
 		case c.state != stateOpen:
+		case c.auth != nil && c.auth.Expired(now):
+			c.closeWith(codec.ReasonTokenExpired, ws.StatusPolicyViolation, "token expired")
 		case now.Sub(c.lastSeen) > cfg.SessionTimeout:
 			c.closeWith(codec.ReasonSessionTimeout, ws.StatusGoingAway, "session timeout")
 		case ping:
@@ -290,18 +303,29 @@ func (l *loop) housekeep(now time.Time, ping bool) {
 	})
 }
 
-// shutdown runs on the loop: it writes what is queued, then closing and a
-// 1001 close frame to every client, and closes the connections.
+// shutdown runs on the loop: it writes everything queued, then `closing`
+// and a 1001 close frame to every client. Connections close once their
+// goodbye has reached the kernel (closeDrained), so a backlog is not cut.
 func (l *loop) shutdown(done func()) {
-	l.flush()
+	l.flush(true)
 	l.conns.each(func(c *conn) {
-		if c.state == stateOpen {
-			c.closeWith(codec.ReasonServerShutdown, ws.StatusGoingAway, "server shutdown")
+		if c.goodbye(codec.ReasonServerShutdown, ws.StatusGoingAway, "server shutdown") {
+			c.draining = true
 		} else {
 			_ = c.gc.Close()
 		}
 	})
 	done()
+}
+
+// closeDrained closes the shutting-down connections whose outbound data
+// has all been handed to the kernel, or all of them when force is set.
+func (l *loop) closeDrained(force bool) {
+	l.conns.each(func(c *conn) {
+		if c.draining && (force || c.gc.OutboundBuffered() == 0) {
+			_ = c.gc.Close()
+		}
+	})
 }
 
 // handshake is the loop's scratch for one upgrade at a time.
@@ -312,6 +336,16 @@ type handshake struct {
 	query    string
 	deflate  wsflate.Extension
 	upgrader bool
+
+	// Security: what admit needs of the request (security.go). Headers are
+	// captured only when the configuration uses them.
+	cfg       *Config
+	bearer    string     // Authorization: Bearer …
+	origin    string     // Origin, lowercased
+	peer      netip.Addr // the TCP peer
+	trustPeer bool       // the peer is a trusted proxy: believe its forwarding headers
+	forwarded netip.Addr // rightmost untrusted X-Forwarded-For address
+	realIP    netip.Addr // X-Real-IP
 }
 
 func (hs *handshake) Read(p []byte) (int, error)  { return hs.in.Read(p) }

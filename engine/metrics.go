@@ -18,6 +18,7 @@ type engineMetrics struct {
 	activeSubscriptions atomic.Int64
 	historyLen          atomic.Int64
 	historyFirst        atomic.Int64
+	lastDispatched      atomic.Uint64
 
 	totalConnections  *metrics.Counter
 	messagesSent      *metrics.Counter
@@ -34,8 +35,10 @@ type engineMetrics struct {
 	replayed          *metrics.Counter
 	sessionDuration   *metrics.PrometheusHistogram
 	latency           *metrics.PrometheusHistogram
+	brokerAppend      *metrics.PrometheusHistogram
 	errors            map[string]*metrics.Counter
 	closes            map[string]*metrics.Counter
+	refused           map[string]*metrics.Counter
 }
 
 var errorCodes = []string{
@@ -70,8 +73,11 @@ func newEngineMetrics() *engineMetrics {
 			[]float64{1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600}),
 		latency: s.NewPrometheusHistogramExt("websocket_message_latency_seconds",
 			metrics.ExponentialBuckets(0.0001, 2, 16)), // 100µs … 3.3s
-		errors: make(map[string]*metrics.Counter, len(errorCodes)),
-		closes: make(map[string]*metrics.Counter, len(closeReasons)),
+		brokerAppend: s.NewPrometheusHistogramExt("flarecast_broker_append_seconds",
+			metrics.ExponentialBuckets(0.0001, 2, 14)),
+		errors:  make(map[string]*metrics.Counter, len(errorCodes)),
+		closes:  make(map[string]*metrics.Counter, len(closeReasons)),
+		refused: make(map[string]*metrics.Counter, len(refusalReasons)),
 	}
 	s.NewGauge("websocket_active_connections", func() float64 { return float64(m.activeConnections.Load()) })
 	s.NewGauge("websocket_active_subscriptions", func() float64 { return float64(m.activeSubscriptions.Load()) })
@@ -82,6 +88,9 @@ func newEngineMetrics() *engineMetrics {
 	}
 	for _, reason := range closeReasons {
 		m.closes[reason] = s.NewCounter(`websocket_connections_closed_total{reason="` + reason + `"}`)
+	}
+	for _, reason := range refusalReasons {
+		m.refused[reason] = s.NewCounter(`flarecast_refused_total{reason="` + reason + `"}`)
 	}
 	return m
 }
@@ -94,6 +103,13 @@ func (m *engineMetrics) errorSent(code string) {
 
 func (m *engineMetrics) closed(reason string) {
 	if c := m.closes[reason]; c != nil {
+		c.Inc()
+	}
+}
+
+// refuse counts one refusal (see refusalReasons in security.go).
+func (m *engineMetrics) refuse(reason string) {
+	if c := m.refused[reason]; c != nil {
 		c.Inc()
 	}
 }

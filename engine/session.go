@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"time"
 
+	"github.com/flarecast/flarecast/auth"
 	"github.com/flarecast/flarecast/event"
 	"github.com/flarecast/flarecast/filterindex"
 )
@@ -18,6 +19,10 @@ type session struct {
 	id   string
 	slot uint32 // owner number in the filter index
 	subs []subscription
+
+	// auth is the token that created the session: its scope bounds every
+	// subscription, and only the same holder may resume it. nil without auth.
+	auth *auth.Claims
 
 	conn       *conn     // the attached connection; nil while detached
 	detachedAt time.Time // when conn went away, for expiry

@@ -127,6 +127,10 @@ type Event struct {
 	// Accepted is when the server accepted the event; set once, before the
 	// event is published to the ring.
 	Accepted time.Time
+	// ID is the message_id a fleet's broker assigned, set before the event
+	// enters the ring; zero on a single instance, where the ring's sequence
+	// number is the message_id.
+	ID uint64
 }
 
 // Label returns the value of the label key and whether the event has it.

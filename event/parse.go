@@ -46,7 +46,15 @@ var fieldKinds = []struct{ key, kind string }{
 // Parse validates one ingest line (a JSON object) and builds the Event
 // clients will receive. The server-assigned "priority" replaces any the
 // producer sent.
-func Parse(line []byte) (*Event, error) {
+func Parse(line []byte) (*Event, error) { return parse(line, false) }
+
+// ParseAccepted rebuilds an event from the JSON another server already
+// accepted (a fleet's shared log): it validates the same way, and keeps the
+// bytes as they are when they already carry the right priority, so every
+// instance sends clients the same bytes.
+func ParseAccepted(data []byte) (*Event, error) { return parse(data, true) }
+
+func parse(line []byte, accepted bool) (*Event, error) {
 	line = bytes.TrimSpace(line)
 	if len(line) == 0 || line[0] != '{' {
 		return nil, invalidf("an event must be a JSON object")
@@ -88,6 +96,10 @@ func Parse(line []byte) (*Event, error) {
 		sort.Slice(ev.Labels, func(i, j int) bool { return ev.Labels[i].Key < ev.Labels[j].Key })
 	}
 	ev.Priority = PriorityOf(ev.Type, ev.Severity)
+	if accepted && string(w.Priority) == `"`+ev.Priority.String()+`"` {
+		ev.JSON = append([]byte(nil), line...)
+		return ev, nil
+	}
 	if w.Priority != nil {
 		json, err := withoutKey(line, "priority")
 		if err != nil {

@@ -19,7 +19,8 @@
 // Each subscription occupies a dense slot. Each (field, value) pair listed by
 // some filter, and each label (key, value) pair, owns a posting list of the
 // subscriptions that list it. A subscription's predicate count k is its
-// number of posted fields plus its number of label pairs. To match an event,
+// number of non-empty fields plus its number of label pairs (less those
+// checked instead of counted, see below). To match an event,
 // Match walks the posting lists of the event's own values and counts, per
 // slot, the predicates satisfied; a slot matches when its count reaches k. A
 // field counts at most once per slot even when several of the event's values
@@ -50,17 +51,30 @@
 // mask. An enumerated list holding a value outside the vocabulary (which the
 // codec does not let through) is simply counted like any other field.
 //
-// Label pairs are always counted: a broad pair (env=prod) AND-ed with a
-// narrow one still makes every env=prod event touch the subscription.
+// # Broad values are checked, not counted
+//
+// The same holds for open fields and labels whose values turn out to be
+// broad: {team: payments, env: prod} counted would sit on the env=prod list
+// and be touched by half of all events. So when Add finds that the posting
+// lists of a predicate's values already hold defaultBroad (256) or more
+// subscriptions, it does not post the new subscription there; it posts it
+// under its other, narrower predicates only, and Match checks the broad ones
+// directly against the event once the count is reached. A subscription made
+// only of broad predicates is posted under the lightest of them. Broad lists
+// thus stop growing with subscriptions that have something narrower to
+// offer, which is what keeps Match's cost tied to near matches. The choice
+// is made once, at Add; a value that becomes popular later keeps the
+// subscriptions it already has.
 //
 // # Subscriptions with one predicate skip the counter
 //
-// Most subscriptions have k = 1 (an incident, a few resources, a team). Their
-// posting entries carry the owner and the reject mask themselves, so Match
-// decides them from the posting list alone, read sequentially, and never
-// touches their slot; only k ≥ 2 subscriptions pay a random access to their
-// counter. That keeps the cost per event nearly flat from thousands to
-// millions of subscriptions, where the slot array no longer fits in cache.
+// Most subscriptions have k = 1 (an incident, a few resources, a team) and
+// nothing checked. Their posting entries carry the owner and the reject mask
+// themselves, so Match decides them from the posting list alone, read
+// sequentially, and never touches their slot; only the others pay a random
+// access to their counter. That keeps the cost per event nearly flat from
+// thousands to millions of subscriptions, where the slot array no longer
+// fits in cache.
 //
 // # Posting lists: slices, not roaring bitmaps
 //

@@ -35,36 +35,50 @@ const matchAllPosting = 0
 const (
 	// resourceSeen is the bit of slot.hits that records that a resource
 	// was already counted in this epoch; the low bits count predicates.
-	resourceSeen  = 1 << 15
-	maxPredicates = resourceSeen - 1
+	resourceSeen = 1 << 15
+	// needChecks is the bit of slot.need that says the subscription has
+	// checked predicates; the low bits are k.
+	needChecks    = 1 << 15
+	maxPredicates = needChecks - 1
 
-	// counted is entry.owner for a subscription that must be counted in
-	// its slot (k ≥ 2). Owners are below it.
+	// counted is entry.owner for a subscription that Match must handle
+	// through its slot (k ≥ 2, or checked predicates). Owners are below it.
 	counted = math.MaxUint32
+
+	// checkedPos is ref.pos for a checked predicate: the value's posting
+	// holds the key to compare, but not the subscription.
+	checkedPos = math.MaxUint32
+
+	// defaultBroad is the posting length from which a value counts as
+	// broad; see the package doc.
+	defaultBroad = 256
 )
 
-// entry is one subscription on one posting list. For k ≤ 1 it carries all
-// Match needs (owner and reject mask); for k ≥ 2 owner is counted and the
-// slot holds the counter.
+// entry is one subscription on one posting list. For a subscription that
+// is decided by this entry alone (k ≤ 1, nothing checked) it carries all
+// Match needs (owner and reject mask); otherwise owner is counted and the
+// slot holds the rest.
 type entry struct {
 	slot   uint32
 	owner  uint32
 	reject uint32 // enumerated values the filter excludes; see enums
 }
 
-// slot is the per-subscription counter state Match reads and writes for
-// k ≥ 2. It is 16 bytes, so that it never straddles a cache line, and lives
-// apart from the cold removal bookkeeping (Index.refs).
+// slot is the per-subscription state Match reads and writes for the
+// subscriptions its entries cannot decide alone (k ≥ 2, or checked
+// predicates). It is 16 bytes, so that it never straddles a cache line, and
+// lives apart from the cold removal bookkeeping (Index.refs).
 type slot struct {
 	epoch  uint32 // Match call that last wrote hits
 	owner  uint32
 	reject uint32
-	need   uint16 // k: posted predicates the event must satisfy
+	need   uint16 // k: posted predicates the event must satisfy, plus needChecks
 	hits   uint16 // predicates satisfied in epoch, plus resourceSeen
 }
 
 // ref locates one entry of a slot in a posting list, so that Remove can
-// unlink it in O(1).
+// unlink it in O(1); or, with pos checkedPos, the posting whose key is one of
+// the slot's checked values.
 type ref struct {
 	posting uint32
 	pos     uint32
@@ -78,6 +92,7 @@ type posting struct {
 	entries []entry
 	key     event.Label // Key is set for label postings only
 	field   field
+	checks  uint32 // checked refs to this posting; it lives while > 0
 }
 
 // Index is an inverted index from event values to subscriptions. The zero
@@ -93,6 +108,10 @@ type Index struct {
 	values       [numFields]map[string]uint32 // value -> posting id
 	labels       map[string]map[string]uint32 // label key -> value -> posting id
 
+	// broad is the posting length from which a value is checked rather
+	// than posted; see the package doc.
+	broad int
+
 	epoch uint32 // current Match call, for slot counters; never 0
 	// ownerSet has the bit of every owner the current Match has appended;
 	// all zero between calls. Grows to cover the highest owner added.
@@ -107,6 +126,7 @@ func New() *Index {
 	ix := &Index{
 		postings: []posting{matchAllPosting: {field: fieldMatchAll}},
 		labels:   make(map[string]map[string]uint32),
+		broad:    defaultBroad,
 	}
 	for i := range ix.values {
 		ix.values[i] = make(map[string]uint32)
@@ -134,11 +154,11 @@ func (ix *Index) Add(owner uint32, f *Filter) SubID {
 		fieldIncident: canon(f.IncidentIDs),
 	}
 
-	// Decide which fields are posted (counted) and which are checked by
-	// mask; see the package doc.
-	var posted [numFields]bool
+	// Enumerated fields become a reject mask; the other predicates are
+	// open. See the package doc.
 	var reject uint32
-	need, entries := len(f.Labels), len(f.Labels)
+	var buf [8]pred
+	open := buf[:0]
 	anchor, masked := field(0), false
 	for fld, l := range lists {
 		if len(l) == 0 {
@@ -156,44 +176,75 @@ func (ix *Index) Add(owner uint32, f *Filter) SubID {
 				continue
 			}
 		}
-		posted[fld] = true
-		need++
-		entries += len(l)
+		open = append(open, pred{field: field(fld), values: l, weight: ix.fieldWeight(field(fld), l)})
 	}
+	for _, l := range f.Labels {
+		open = append(open, pred{field: fieldLabel, label: l, weight: ix.labelWeight(l)})
+	}
+
+	// Post the open predicates that are not broad, or else the lightest
+	// one; check the rest.
+	need, lightest := 0, 0
+	for i := range open {
+		if open[i].weight < ix.broad {
+			need++
+		} else {
+			open[i].checked = true
+		}
+		if open[i].weight < open[lightest].weight {
+			lightest = i
+		}
+	}
+	if len(open) > 0 && need == 0 {
+		open[lightest].checked = false
+		need = 1
+	}
+	checks := len(open) > need
 	if need == 0 && masked {
-		posted[anchor] = true
+		open = append(open, pred{field: anchor, values: lists[anchor]})
 		reject &^= enums[anchor].all
-		need, entries = 1, len(lists[anchor])
+		need = 1
 	}
 	if need > maxPredicates {
 		panic("filterindex: filter has too many predicates")
 	}
-	if need == 0 {
-		entries = 1
+	entries := 0
+	for _, p := range open {
+		entries += max(len(p.values), 1)
 	}
 
 	id := ix.allocSlot()
-	ix.slots[id] = slot{owner: owner, reject: reject, need: uint16(need)}
+	sl := slot{owner: owner, reject: reject, need: uint16(need)}
 	e := entry{slot: uint32(id), owner: owner, reject: reject}
-	if need > 1 {
+	if checks {
+		sl.need |= needChecks
+	}
+	if need > 1 || checks {
 		e.owner, e.reject = counted, 0
 	}
+	ix.slots[id] = sl
 	refs := ix.refs[id][:0]
-	if cap(refs) < entries {
-		refs = make([]ref, 0, entries)
+	if cap(refs) < max(entries, 1) {
+		refs = make([]ref, 0, max(entries, 1))
 	}
-	for fld, l := range lists {
-		if posted[fld] {
-			for _, v := range l {
-				refs = ix.link(ix.valuePosting(field(fld), v), e, refs)
+	// Posted refs first, then checked ones, grouped by field as verify
+	// expects.
+	for _, checked := range [2]bool{false, true} {
+		for _, p := range open {
+			if p.checked != checked {
+				continue
+			}
+			if p.field == fieldLabel {
+				refs = ix.attach(ix.labelPosting(p.label), e, checked, refs)
+				continue
+			}
+			for _, v := range p.values {
+				refs = ix.attach(ix.valuePosting(p.field, v), e, checked, refs)
 			}
 		}
 	}
-	for _, l := range f.Labels {
-		refs = ix.link(ix.labelPosting(l), e, refs)
-	}
 	if need == 0 {
-		refs = ix.link(matchAllPosting, e, refs)
+		refs = ix.attach(matchAllPosting, e, false, refs)
 	}
 	ix.refs[id] = refs
 
@@ -202,6 +253,46 @@ func (ix *Index) Add(owner uint32, f *Filter) SubID {
 	}
 	ix.live++
 	return id
+}
+
+// pred is one open predicate of a filter being added: a field's list of
+// values (any of which satisfies it) or one label pair.
+type pred struct {
+	field   field
+	values  []string
+	label   event.Label
+	weight  int // entries on the postings it would join
+	checked bool
+}
+
+func (ix *Index) fieldWeight(fld field, values []string) int {
+	w, m := 0, ix.values[fld]
+	for _, v := range values {
+		if pid, ok := m[v]; ok {
+			w += len(ix.postings[pid].entries)
+		}
+	}
+	return w
+}
+
+func (ix *Index) labelWeight(l event.Label) int {
+	if pid, ok := ix.labels[l.Key][l.Value]; ok {
+		return len(ix.postings[pid].entries)
+	}
+	return 0
+}
+
+// attach records that the subscription e names posts under posting pid or,
+// if checked, checks its value.
+func (ix *Index) attach(pid uint32, e entry, checked bool, refs []ref) []ref {
+	p := &ix.postings[pid]
+	if checked {
+		p.checks++
+		return append(refs, ref{posting: pid, pos: checkedPos})
+	}
+	refs = append(refs, ref{posting: pid, pos: uint32(len(p.entries))})
+	p.entries = append(p.entries, e)
+	return refs
 }
 
 // canon returns list sorted without duplicates: list itself when it already
@@ -269,14 +360,6 @@ func (ix *Index) newPosting(fld field, key event.Label) uint32 {
 	return uint32(len(ix.postings) - 1)
 }
 
-// link appends e to posting pid and records where it went.
-func (ix *Index) link(pid uint32, e entry, refs []ref) []ref {
-	p := &ix.postings[pid]
-	refs = append(refs, ref{posting: pid, pos: uint32(len(p.entries))})
-	p.entries = append(p.entries, e)
-	return refs
-}
-
 // Remove unregisters subscription id and frees its slot for reuse. It panics
 // if id is not live (never added, or already removed): with ids reused, a
 // double Remove would otherwise silently drop someone else's subscription.
@@ -289,7 +372,11 @@ func (ix *Index) Remove(id SubID) {
 	// entry of this same slot (a label pair listed twice) and update its
 	// position.
 	for i := range refs {
-		ix.unlink(refs[i])
+		if r := refs[i]; r.pos == checkedPos {
+			ix.uncheck(r.posting)
+		} else {
+			ix.unlink(r)
+		}
 	}
 	ix.slots[id] = slot{}
 	if cap(refs) > 8 {
@@ -319,11 +406,22 @@ func (ix *Index) unlink(r ref) {
 	p.entries = p.entries[:last]
 
 	switch {
-	case last == 0 && r.posting != matchAllPosting:
-		ix.dropPosting(r.posting)
+	case last == 0:
+		if p.checks == 0 && r.posting != matchAllPosting {
+			ix.dropPosting(r.posting)
+		}
 	case cap(p.entries) > 64 && len(p.entries) < cap(p.entries)/4:
 		// Give memory back after a mass unsubscribe from a popular value.
 		p.entries = append(make([]entry, 0, 2*len(p.entries)), p.entries...)
+	}
+}
+
+// uncheck drops one checked ref to posting pid.
+func (ix *Index) uncheck(pid uint32) {
+	p := &ix.postings[pid]
+	p.checks--
+	if p.checks == 0 && len(p.entries) == 0 {
+		ix.dropPosting(pid)
 	}
 }
 
@@ -392,9 +490,9 @@ func (ix *Index) Match(ev *event.Event, dst []uint32) []uint32 {
 	}
 	ix.touch = touch
 
-	dst = ix.walk(matchAllPosting, 0, bits, dst)
+	dst = ix.walk(ev, matchAllPosting, 0, bits, dst)
 	for _, h := range hits {
-		dst = ix.walk(h.posting, h.once, bits, dst)
+		dst = ix.walk(ev, h.posting, h.once, bits, dst)
 	}
 
 	// Leave the owner set all zero for the next call.
@@ -422,12 +520,13 @@ func (ix *Index) lookup(hits []hit, fld field, v string) []hit {
 	return hits
 }
 
-// walk visits every entry of posting pid. A k ≤ 1 entry matches when its
-// reject mask lets the event's enumerated values (bits) through. A k ≥ 2
-// entry adds a hit to its slot's counter and matches when the count reaches
-// k and the slot's mask lets the event through; once (resourceSeen or 0)
-// makes a slot count at most once per event for this kind of posting.
-func (ix *Index) walk(pid uint32, once uint16, bits uint32, dst []uint32) []uint32 {
+// walk visits every entry of posting pid. A direct entry matches when its
+// reject mask lets the event's enumerated values (bits) through. Any other
+// adds a hit to its slot's counter and matches when the count reaches k, the
+// slot's mask lets the event through and its checked predicates hold; once
+// (resourceSeen or 0) makes a slot count at most once per event for this
+// kind of posting.
+func (ix *Index) walk(ev *event.Event, pid uint32, once uint16, bits uint32, dst []uint32) []uint32 {
 	ep := ix.epoch
 	slots, set := ix.slots, ix.ownerSet
 	for _, e := range ix.postings[pid].entries {
@@ -441,10 +540,16 @@ func (ix *Index) walk(pid uint32, once uint16, bits uint32, dst []uint32) []uint
 				continue
 			}
 			sl.hits = (sl.hits | once) + 1
-			if sl.hits&^resourceSeen != sl.need || sl.reject&bits != 0 {
+			if sl.hits&^resourceSeen != sl.need&^needChecks || sl.reject&bits != 0 {
 				continue
 			}
 			o = sl.owner
+			if set[o>>6]&(1<<(o&63)) != 0 {
+				continue // already reported: spare the check
+			}
+			if sl.need&needChecks != 0 && !ix.verify(e.slot, ev) {
+				continue
+			}
 		} else if e.reject&bits != 0 {
 			continue
 		}
@@ -454,6 +559,61 @@ func (ix *Index) walk(pid uint32, once uint16, bits uint32, dst []uint32) []uint
 		}
 	}
 	return dst
+}
+
+// verify reports whether ev satisfies the checked predicates of slot id:
+// its trailing checked refs, one group of consecutive refs per field (any
+// value will do) and one ref per label pair.
+func (ix *Index) verify(id uint32, ev *event.Event) bool {
+	refs := ix.refs[id]
+	i := len(refs)
+	for i > 0 && refs[i-1].pos == checkedPos {
+		i--
+	}
+	for i < len(refs) {
+		p := &ix.postings[refs[i].posting]
+		i++
+		if p.field == fieldLabel {
+			if v, ok := ev.Label(p.key.Key); !ok || v != p.key.Value {
+				return false
+			}
+			continue
+		}
+		ok := hasValue(ev, p.field, p.key.Value)
+		for ; i < len(refs); i++ {
+			q := &ix.postings[refs[i].posting]
+			if q.field != p.field {
+				break
+			}
+			ok = ok || hasValue(ev, q.field, q.key.Value)
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// hasValue reports whether ev's field fld has value v.
+func hasValue(ev *event.Event, fld field, v string) bool {
+	if v == "" {
+		return false
+	}
+	switch fld {
+	case fieldType:
+		return string(ev.Type) == v
+	case fieldSeverity:
+		return ev.Severity == v
+	case fieldState:
+		return ev.State == v
+	case fieldSource:
+		return ev.Source == v
+	case fieldIncident:
+		return ev.IncidentID == v
+	case fieldResource:
+		return slices.Contains(ev.Resources, v)
+	}
+	return false
 }
 
 // nextEpoch starts a new Match. Epoch 0 is never current, so zeroed counters

@@ -1,6 +1,7 @@
 package filterindex
 
 import (
+	"fmt"
 	"math"
 	"slices"
 	"testing"
@@ -135,6 +136,44 @@ func TestEnumeratedValuesOutsideVocabulary(t *testing.T) {
 	ev.Type, ev.Severity = event.Escalated, "P9"
 	if got := owners(t, ix, ev); !slices.Equal(got, []uint32{2}) {
 		t.Fatalf("Match = %v, want [2]", got)
+	}
+}
+
+func TestBroadValuesAreChecked(t *testing.T) {
+	ix := New()
+	ix.broad = 3
+	prod := event.Label{Key: "env", Value: "prod"}
+	var ids []SubID
+	for team := range uint32(10) {
+		ids = append(ids, ix.Add(team, &Filter{Labels: []event.Label{prod, {Key: "team", Value: fmt.Sprint("t", team)}}}))
+		ids = append(ids, ix.Add(100+team, &Filter{Sources: []string{"datadog"}, Resources: []string{fmt.Sprint("r", team)}}))
+	}
+	ix.Add(200, &Filter{Labels: []event.Label{prod}}) // nothing else to post under
+	if n := len(ix.postings[ix.labels["env"]["prod"]].entries); n > 3+1 {
+		t.Fatalf("env=prod posting has %d entries, want at most broad+1", n)
+	}
+	if n := len(ix.postings[ix.values[fieldSource]["datadog"]].entries); n > 3 {
+		t.Fatalf("datadog posting has %d entries, want at most broad", n)
+	}
+	checkInvariants(t, ix)
+
+	ev := &event.Event{
+		Source: "datadog", Resources: []string{"r7"},
+		Labels: []event.Label{prod, {Key: "team", Value: "t7"}},
+	}
+	if got := owners(t, ix, ev); !slices.Equal(got, []uint32{7, 107, 200}) {
+		t.Fatalf("Match = %v, want [7 107 200]", got)
+	}
+	ev.Source, ev.Labels[0].Value = "grafana", "staging"
+	if got := owners(t, ix, ev); len(got) != 0 {
+		t.Fatalf("checked predicates ignored: Match = %v", got)
+	}
+	for _, id := range ids {
+		ix.Remove(id)
+	}
+	checkInvariants(t, ix)
+	if len(ix.values[fieldSource]) != 0 || len(ix.labels["team"]) != 0 || len(ix.labels["env"]) != 1 {
+		t.Fatalf("postings left behind: sources %v, labels %v", ix.values[fieldSource], ix.labels)
 	}
 }
 

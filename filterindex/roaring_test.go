@@ -63,9 +63,9 @@ func (rp *roaringPostings) match(ix *Index, ev *event.Event, dst []uint32) []uin
 		}
 	}
 	ix.hits = hits
-	dst = rp.walk(ix, matchAllPosting, 0, bits, dst)
+	dst = rp.walk(ix, ev, matchAllPosting, 0, bits, dst)
 	for _, h := range hits {
-		dst = rp.walk(ix, h.posting, h.once, bits, dst)
+		dst = rp.walk(ix, ev, h.posting, h.once, bits, dst)
 	}
 	for _, o := range dst[start:] {
 		ix.ownerSet[o>>6] = 0
@@ -73,7 +73,7 @@ func (rp *roaringPostings) match(ix *Index, ev *event.Event, dst []uint32) []uin
 	return dst
 }
 
-func (rp *roaringPostings) walk(ix *Index, pid uint32, once uint16, bits uint32, dst []uint32) []uint32 {
+func (rp *roaringPostings) walk(ix *Index, ev *event.Event, pid uint32, once uint16, bits uint32, dst []uint32) []uint32 {
 	ep := ix.epoch
 	rp.iter.Initialize(rp.bitmaps[pid])
 	for {
@@ -83,7 +83,7 @@ func (rp *roaringPostings) walk(ix *Index, pid uint32, once uint16, bits uint32,
 		}
 		for _, s := range rp.buf[:n] {
 			sl := &ix.slots[s]
-			if sl.need > 1 {
+			if sl.need > 1 { // counted, or checked
 				if sl.epoch != ep {
 					sl.epoch, sl.hits = ep, 0
 				}
@@ -91,11 +91,11 @@ func (rp *roaringPostings) walk(ix *Index, pid uint32, once uint16, bits uint32,
 					continue
 				}
 				sl.hits = (sl.hits | once) + 1
-				if sl.hits&^resourceSeen != sl.need {
+				if sl.hits&^resourceSeen != sl.need&^needChecks {
 					continue
 				}
 			}
-			if sl.reject&bits != 0 {
+			if sl.reject&bits != 0 || sl.need&needChecks != 0 && !ix.verify(s, ev) {
 				continue
 			}
 			o := sl.owner

@@ -21,12 +21,17 @@ import (
 	"github.com/flarecast/flarecast/event"
 )
 
-// Publisher is where accepted events go: the engine.
+// Publisher is where lines go: the engine, whose PublishJSON is the one
+// path from raw JSON to an accepted event for the socket and for programs
+// that embed flarecast alike.
 type Publisher interface {
-	// Publish accepts ev and returns its message_id, waiting while the
-	// server is saturated.
-	Publish(ctx context.Context, ev *event.Event) (uint64, error)
-	// Rejected counts a line that failed validation.
+	// PublishJSON validates one event line (without its newline) and
+	// returns its message_id, waiting while the server is saturated. An
+	// invalid line returns an *event.Error and is counted as rejected; any
+	// other error means the event was not accepted.
+	PublishJSON(ctx context.Context, line []byte) (uint64, error)
+	// Rejected counts a line refused before it reached PublishJSON: one
+	// longer than MaxLineSize, which is never held in memory whole.
 	Rejected()
 }
 
@@ -172,18 +177,11 @@ func (s *Server) handle(ctx context.Context, dst, line []byte) []byte {
 	if n := len(line); n > 0 && line[n-1] == '\r' {
 		line = line[:n-1]
 	}
-	ev, err := event.Parse(line)
+	id, err := s.Publisher.PublishJSON(ctx, line)
 	if err != nil {
-		s.Publisher.Rejected()
-		var perr *event.Error
-		msg := err.Error()
-		if errors.As(err, &perr) {
-			msg = perr.Message
+		if perr, ok := errors.AsType[*event.Error](err); ok {
+			return codec.AppendIngestError(dst, codec.CodeInvalidEvent, perr.Message)
 		}
-		return codec.AppendIngestError(dst, codec.CodeInvalidEvent, msg)
-	}
-	id, err := s.Publisher.Publish(ctx, ev)
-	if err != nil {
 		return codec.AppendIngestError(dst, codec.CodeUnavailable, "event not accepted: "+err.Error())
 	}
 	return codec.AppendIngestOK(dst, id)

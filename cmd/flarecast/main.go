@@ -2,6 +2,7 @@
 //
 //	flarecast serve     run the server
 //	flarecast publish   send NDJSON events to a running server's ingest socket
+//	flarecast tail      print live events, one line each, resuming after drops
 //
 // Every flag can also be set with an environment variable named
 // FLARECAST_<FLAG>, e.g. FLARECAST_MAX_PENDING_MESSAGES=500; a flag given
@@ -19,6 +20,7 @@ const usage = `usage: flarecast <command> [flags]
 commands:
   serve     run the server (WebSocket on --listen, metrics on --admin-listen)
   publish   send NDJSON events from a file or stdin to the ingest socket
+  tail      print live events from a server, one line each (or JSON lines)
 
 Run 'flarecast <command> -h' for the flags of a command.
 `
@@ -34,6 +36,8 @@ func main() {
 		err = serve(args)
 	case "publish":
 		err = publish(args)
+	case "tail":
+		err = tail(args)
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

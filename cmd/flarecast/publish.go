@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/flarecast/flarecast/producer"
 )
@@ -20,6 +21,7 @@ const publishBatch = 256
 func publish(args []string) error {
 	fs := newFlagSet("publish")
 	socket := fs.String("ingest-socket", "flarecast.sock", "the server's ingest socket")
+	timeout := fs.Duration("timeout", 30*time.Second, "give up on a batch of events not answered within this (the server may be restarting)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -55,7 +57,11 @@ func publish(args []string) error {
 	var lineNos []int
 	lineNo, rejected := 0, 0
 	flush := func() {
-		for i, r := range client.PublishBatch(ctx, batch) {
+		// Lost connections are redialled and unsent events resent by the
+		// client; the timeout bounds how long a batch waits for that.
+		bctx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		for i, r := range client.PublishBatch(bctx, batch) {
 			if r.Err != nil {
 				rejected++
 				fmt.Fprintf(out, "line %d: rejected: %v\n", lineNos[i], r.Err)

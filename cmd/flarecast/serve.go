@@ -29,7 +29,10 @@ func serve(args []string) error {
 	fs.Var(sizeValue{&cfg.CompressionMinSize}, "compression-min-size", "events smaller than this are sent uncompressed")
 	fs.Var(sizeValue{&cfg.MaxMessageSize}, "max-message-size", "largest client message and ingest line")
 	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", cfg.MaxSubscriptions, "subscriptions per session")
+	fs.StringVar(&cfg.Broker, "broker", cfg.Broker, "join a fleet through a shared Redis stream: redis://host:6379[/db][?stream=NAME] (empty: single instance)")
 	fs.IntVar(&cfg.EventLoops, "event-loops", cfg.EventLoops, "gnet event loops (default: number of CPUs)")
+	fs.Var(boolValue{&cfg.Board}, "board", "serve the live incident board at / on --admin-listen (true|false)")
+	security := addSecurityFlags(fs, &cfg)
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -43,6 +46,9 @@ func serve(args []string) error {
 		return usageError("--log-level: " + err.Error())
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if err := security.apply(&cfg); err != nil {
+		return err
+	}
 
 	eng, err := engine.New(cfg)
 	if err != nil {

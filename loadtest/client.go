@@ -1,0 +1,461 @@
+package loadtest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/gobwas/httphead"
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsflate"
+	"github.com/klauspost/compress/flate"
+)
+
+// The client speaks RFC 6455 itself over a gobwas/ws handshake rather than
+// through gorilla/websocket, because a load tester must cost much less per
+// delivery than the server it measures, on the same two cores. Two things
+// make the difference at fan-out:
+//
+//   - gorilla inflates every compressed message with its own decoder: at
+//     1,000 receivers per event that is 1,000 inflations of the same bytes,
+//     half the load tester's CPU in a profile. The server compresses each
+//     event once and sends every deflate client the same frame, so here a
+//     compressed payload is inflated once per process and the parsed result
+//     is shared by every receiver (inflateCache); each distinct payload is
+//     still inflated and checked.
+//   - frames are read straight from a small per-connection bufio.Reader,
+//     with no allocation per message.
+
+// maxMessage bounds a message the client accepts (and what it inflates to).
+const maxMessage = 1 << 20
+
+// client is one WebSocket connection of the load test. Its reader
+// goroutine owns everything below conn until it has exited.
+type client struct {
+	id      int
+	group   int
+	kind    FilterKind
+	conn    net.Conn
+	r       *bufio.Reader
+	deflate bool // permessage-deflate negotiated
+
+	msg  []byte // the message being read; reused
+	ctrl []byte // a control frame's payload; reused
+	out  []byte // an outgoing frame; reused
+
+	got        bitset // events of the group received, by seq div groups
+	dups       int64
+	unexpected int64 // events of another group: a filter the server got wrong
+	malformed  int64
+	closeNote  string // why the connection ended early, if it did
+}
+
+// deflateOffer asks for permessage-deflate with no context takeover either
+// way: what browsers and gorilla offer, and what flarecast requires.
+var deflateOffer = wsflate.Parameters{ServerNoContextTakeover: true, ClientNoContextTakeover: true}.Option()
+
+// newDialer returns a WebSocket dialer whose TCP sockets come from dial.
+func newDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error), compression bool, timeout time.Duration) *ws.Dialer {
+	d := &ws.Dialer{NetDial: dial, Timeout: timeout, ReadBufferSize: 1024, WriteBufferSize: 1024}
+	if compression {
+		d.Extensions = []httphead.Option{deflateOffer}
+	}
+	return d
+}
+
+// connect dials, waits for welcome, subscribes with the client's filter and
+// waits for subscribed, all within timeout.
+func (c *client) connect(ctx context.Context, d *ws.Dialer, url string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn, br, hs, err := d.Dial(ctx, url)
+	if err != nil {
+		return err
+	}
+	c.conn = conn
+	for _, ext := range hs.Extensions {
+		if string(ext.Name) == "permessage-deflate" {
+			c.deflate = true
+		}
+	}
+	var rd io.Reader = conn
+	if br != nil {
+		// The server's first frames came with the handshake response.
+		rd = &prefixed{prefix: bytes.Clone(peekAll(br)), r: conn}
+		ws.PutReader(br)
+	}
+	c.r = bufio.NewReaderSize(rd, 2048)
+	deadline, _ := ctx.Deadline()
+	_ = conn.SetDeadline(deadline)
+	fail := func(what string, err error) error {
+		conn.Close()
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if err := c.await(typeWelcome); err != nil {
+		return fail("welcome", err)
+	}
+	if err := c.write(ws.OpText, subscribeMessage(c.kind, c.group)); err != nil {
+		return fail("send subscribe", err)
+	}
+	if err := c.await(typeSubscribed); err != nil {
+		return fail("subscribed", err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return nil
+}
+
+func peekAll(br *bufio.Reader) []byte {
+	b, _ := br.Peek(br.Buffered())
+	return b
+}
+
+// prefixed reads prefix, then r.
+type prefixed struct {
+	prefix []byte
+	r      io.Reader
+}
+
+func (p *prefixed) Read(b []byte) (int, error) {
+	if len(p.prefix) > 0 {
+		n := copy(b, p.prefix)
+		p.prefix = p.prefix[n:]
+		return n, nil
+	}
+	return p.r.Read(b)
+}
+
+// await reads messages until one of type want; an error or closing fails.
+func (c *client) await(want []byte) error {
+	for {
+		msg, compressed, err := c.next()
+		if err != nil {
+			return err
+		}
+		if compressed {
+			if msg, err = inflate(nil, msg); err != nil {
+				return err
+			}
+		}
+		switch {
+		case bytes.Contains(msg, want):
+			return nil
+		case bytes.Contains(msg, typeError), bytes.Contains(msg, typeClosing):
+			return fmt.Errorf("server said %s", truncate(msg, 200))
+		}
+	}
+}
+
+// readLoop reads events until the connection closes, recording each
+// delivery's latency (now minus the event's send time).
+func (c *client) readLoop(r *runner) {
+	var plain []byte // an inflated message that is not a cached event
+	for {
+		msg, compressed, err := c.next()
+		if err != nil {
+			if !r.closing.Load() {
+				if c.closeNote == "" {
+					c.closeNote = err.Error()
+				}
+				r.dropped.Add(1)
+			}
+			return
+		}
+		now := r.now()
+		var ev decoded
+		hit := false
+		if compressed {
+			ev, hit = r.inflated.get(msg) // another receiver may have inflated these bytes
+		}
+		switch {
+		case !compressed:
+			ev = decode(msg)
+		case !hit:
+			if plain, err = inflate(plain[:0], msg); err != nil {
+				c.malformed++
+				continue
+			}
+			if ev = decode(plain); ev.event {
+				r.inflated.put(msg, ev)
+			}
+			msg = plain
+		}
+		if !ev.event {
+			if bytes.Contains(msg, typeClosing) && !r.closing.Load() {
+				c.closeNote = "closing: " + string(truncate(msg, 120))
+			}
+			continue
+		}
+		if !ev.ok {
+			c.malformed++
+			continue
+		}
+		if int(ev.seq%uint64(r.groups)) != c.group {
+			c.unexpected++
+			continue
+		}
+		if c.got.set(ev.seq / uint64(r.groups)) {
+			c.dups++
+			continue
+		}
+		r.lat.record(c.id, (now-ev.sent)/1000)
+	}
+}
+
+// decoded is what the load tester needs from a server message.
+type decoded struct {
+	event bool // an event message
+	ok    bool // with the load tester's seq and send time
+	seq   uint64
+	sent  int64
+}
+
+func decode(msg []byte) decoded {
+	if !bytes.HasPrefix(msg, typeEvent) {
+		return decoded{}
+	}
+	seq, sent, ok := parseEvent(msg)
+	return decoded{event: true, ok: ok, seq: seq, sent: sent}
+}
+
+// errClosed carries the server's close frame.
+type errClosed struct {
+	code   ws.StatusCode
+	reason string
+}
+
+func (e *errClosed) Error() string { return fmt.Sprintf("close %d %s", e.code, e.reason) }
+
+// next reads one data message: its payload (valid until the next call) and
+// whether it is compressed. It answers pings on the way and returns
+// *errClosed for a close frame.
+func (c *client) next() (msg []byte, compressed bool, err error) {
+	c.msg = c.msg[:0]
+	first := true
+	for {
+		fin, rsv1, op, n, err := c.header()
+		if err != nil {
+			return nil, false, err
+		}
+		if op.IsControl() {
+			if !fin || n > 125 {
+				return nil, false, errors.New("protocol error: malformed control frame")
+			}
+			c.ctrl, err = c.payload(c.ctrl[:0], n)
+			if err != nil {
+				return nil, false, err
+			}
+			switch op {
+			case ws.OpPing:
+				if err := c.write(ws.OpPong, c.ctrl); err != nil {
+					return nil, false, err
+				}
+			case ws.OpClose:
+				code, reason := ws.ParseCloseFrameData(c.ctrl)
+				return nil, false, &errClosed{code: code, reason: reason}
+			}
+			continue
+		}
+		if first {
+			if op == ws.OpContinuation {
+				return nil, false, errors.New("protocol error: continuation without a message")
+			}
+			compressed, first = rsv1, false
+		} else if op != ws.OpContinuation {
+			return nil, false, errors.New("protocol error: new message inside a fragmented one")
+		}
+		if len(c.msg)+n > maxMessage {
+			return nil, false, fmt.Errorf("message over %d bytes", maxMessage)
+		}
+		if c.msg, err = c.payload(c.msg, n); err != nil {
+			return nil, false, err
+		}
+		if fin {
+			return c.msg, compressed, nil
+		}
+	}
+}
+
+// header reads a frame header. Server frames are never masked.
+func (c *client) header() (fin, rsv1 bool, op ws.OpCode, n int, err error) {
+	b, err := c.r.Peek(2)
+	if err != nil {
+		return false, false, 0, 0, err
+	}
+	fin, rsv1, op = b[0]&0x80 != 0, b[0]&0x40 != 0, ws.OpCode(b[0]&0x0f)
+	if b[1]&0x80 != 0 {
+		return false, false, 0, 0, errors.New("protocol error: masked server frame")
+	}
+	size, extra := int64(b[1]&0x7f), 0
+	switch size {
+	case 126:
+		extra = 2
+	case 127:
+		extra = 8
+	}
+	if extra > 0 {
+		if b, err = c.r.Peek(2 + extra); err != nil {
+			return false, false, 0, 0, err
+		}
+		if extra == 2 {
+			size = int64(binary.BigEndian.Uint16(b[2:]))
+		} else {
+			size = int64(binary.BigEndian.Uint64(b[2:]))
+		}
+	}
+	if size < 0 || size > maxMessage {
+		return false, false, 0, 0, fmt.Errorf("frame of %d bytes", size)
+	}
+	_, _ = c.r.Discard(2 + extra)
+	return fin, rsv1, op, int(size), nil
+}
+
+// payload appends n bytes of payload to dst.
+func (c *client) payload(dst []byte, n int) ([]byte, error) {
+	l := len(dst)
+	dst = growTo(dst, l+n)
+	_, err := io.ReadFull(c.r, dst[l:l+n])
+	return dst[:l+n], err
+}
+
+func growTo(b []byte, n int) []byte {
+	if cap(b) >= n {
+		return b[:n]
+	}
+	return append(b[:cap(b)], make([]byte, n-cap(b))...)[:n]
+}
+
+// write sends one masked client frame (subscribe, pong).
+func (c *client) write(op ws.OpCode, payload []byte) error {
+	out := append(c.out[:0], 0x80|byte(op))
+	switch n := len(payload); {
+	case n < 126:
+		out = append(out, 0x80|byte(n))
+	case n <= 0xffff:
+		out = append(out, 0x80|126, byte(n>>8), byte(n))
+	default:
+		out = append(out, 0x80|127)
+		out = binary.BigEndian.AppendUint64(out, uint64(n))
+	}
+	var key [4]byte
+	binary.LittleEndian.PutUint32(key[:], rand.Uint32())
+	out = append(out, key[:]...)
+	start := len(out)
+	out = append(out, payload...)
+	ws.Cipher(out[start:], key, 0)
+	c.out = out
+	_, err := c.conn.Write(out)
+	return err
+}
+
+// deflateTail is the empty stored block RFC 7692 §7.2.2 appends before inflating.
+var deflateTail = []byte{0x00, 0x00, 0xff, 0xff}
+
+type inflater struct {
+	src bytes.Reader
+	fr  io.ReadCloser
+}
+
+var inflaters = sync.Pool{New: func() any {
+	i := &inflater{}
+	i.fr = flate.NewReader(&i.src)
+	return i
+}}
+
+// inflate appends the inflated form of a permessage-deflate payload to dst.
+func inflate(dst, payload []byte) ([]byte, error) {
+	in := inflaters.Get().(*inflater)
+	defer inflaters.Put(in)
+	src := make([]byte, 0, len(payload)+len(deflateTail))
+	src = append(append(src, payload...), deflateTail...)
+	in.src.Reset(src)
+	if err := in.fr.(flate.Resetter).Reset(&in.src, nil); err != nil {
+		return dst, err
+	}
+	for {
+		if len(dst) == cap(dst) {
+			dst = append(dst, 0)[:len(dst)]
+		}
+		n, err := in.fr.Read(dst[len(dst):cap(dst)])
+		dst = dst[:len(dst)+n]
+		if len(dst) > maxMessage {
+			return dst, fmt.Errorf("message inflates beyond %d bytes", maxMessage)
+		}
+		// The tail is a sync flush, not the end of a stream: all the
+		// input consumed is the end of the message.
+		if err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) || (n == 0 && in.src.Len() == 0) {
+			return dst, nil
+		}
+		if err != nil {
+			return dst, fmt.Errorf("inflate: %w", err)
+		}
+	}
+}
+
+// inflateCache maps a compressed event payload to what it decodes to. The
+// server sends every deflate receiver of an event the same compressed
+// bytes, so the first receiver inflates and the others look it up. Two
+// generations per shard bound its memory: a payload is kept for at least
+// one generation (a few seconds at 10,000 events/s), after which a late
+// receiver inflates it again.
+type inflateCache struct {
+	shards [16]cacheShard
+}
+
+type cacheShard struct {
+	mu        sync.RWMutex
+	cur, prev map[string]decoded
+	_         [32]byte
+}
+
+const cacheGeneration = 4096 // entries per shard and generation
+
+func newInflateCache() *inflateCache {
+	c := &inflateCache{}
+	for i := range c.shards {
+		c.shards[i].cur = make(map[string]decoded)
+	}
+	return c
+}
+
+func (c *inflateCache) shard(payload []byte) *cacheShard {
+	if len(payload) == 0 {
+		return &c.shards[0]
+	}
+	return &c.shards[int(payload[len(payload)/2]^payload[len(payload)-1])%len(c.shards)]
+}
+
+func (c *inflateCache) get(payload []byte) (decoded, bool) {
+	s := c.shard(payload)
+	s.mu.RLock()
+	d, ok := s.cur[string(payload)]
+	if !ok {
+		d, ok = s.prev[string(payload)]
+	}
+	s.mu.RUnlock()
+	return d, ok
+}
+
+func (c *inflateCache) put(payload []byte, d decoded) {
+	s := c.shard(payload)
+	s.mu.Lock()
+	if len(s.cur) >= cacheGeneration {
+		s.prev, s.cur = s.cur, make(map[string]decoded, cacheGeneration)
+	}
+	s.cur[string(payload)] = d
+	s.mu.Unlock()
+}
+
+func truncate(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[:n]
+	}
+	return b
+}
