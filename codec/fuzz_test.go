@@ -31,7 +31,7 @@ func FuzzClientFrames(f *testing.F) {
 	f.Add(maskedFrame(true, ws.OpPing, nil), uint16(0))
 	f.Add(maskedFrame(true, ws.OpBinary, bytes.Repeat([]byte{0xAB}, 300)), uint16(7))
 	f.Add([]byte{0x81, 0x05, 'h', 'e', 'l', 'l', 'o'}, uint16(2)) // unmasked
-	f.Add([]byte{0x89, 0xFE, 0x00, 0x7E}, uint16(1))                // oversized control
+	f.Add([]byte{0x89, 0xFE, 0x00, 0x7E}, uint16(1))              // oversized control
 	f.Fuzz(func(t *testing.T, stream []byte, cut uint16) {
 		const max = 1 << 12
 		whole := readAll(t, stream, len(stream)+1, max)
