@@ -31,6 +31,18 @@ vet:
 loadtest-smoke: build
 	./$(BIN)/flarecast-loadtest --spawn --server-bin $(BIN)/flarecast --scenario smoke --out loadtest-out
 
+# Fuzz every target for FUZZTIME each (go test -fuzz takes one target at a
+# time). `make test` replays the committed corpora under testdata/fuzz.
+FUZZTIME ?= 60s
+FUZZ_TARGETS := ./codec:FuzzClientFrames ./codec:FuzzInflate ./codec:FuzzDecodeClientMessage \
+	./event:FuzzParse ./engine:FuzzUpgradeRequest
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "== $$name ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
+
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./bench/
 

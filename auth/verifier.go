@@ -83,7 +83,8 @@ type Options struct {
 	// Issuer and Audience, when set, must match the token's "iss" and one of its "aud".
 	Issuer   string
 	Audience string
-	// Leeway tolerates clock skew on exp and nbf.
+	// Leeway tolerates clock skew on exp and nbf when a token is verified.
+	// Claims.ExpiresAt stays the token's exp: a live session ends then.
 	Leeway time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time

@@ -33,9 +33,13 @@ const placeholder = "{{FLARECAST_WS}}"
 // to the host it was loaded from (a browser reaching the admin port by some
 // name reaches the WebSocket port by the same name), on Port and Path; its
 // own `?ws=` query parameter overrides all of it.
+//
+// A request that came through a reverse proxy (it carries
+// X-Forwarded-Proto, X-Forwarded-Host or Forwarded) gets the page without
+// the port: behind a proxy the board and the WebSocket share one origin,
+// e.g. https://ops.example.com/ and wss://ops.example.com/ws.
 type Config struct {
-	// Port of the WebSocket listener; empty means the page's own port
-	// (the board and the WebSocket behind one reverse proxy).
+	// Port of the WebSocket listener; empty means the page's own port.
 	Port string
 	// Path of the WebSocket endpoint; empty means /ws.
 	Path string
@@ -48,14 +52,21 @@ func Handler(cfg Config) http.Handler {
 	if err != nil {
 		panic("board: embedded page missing: " + err.Error()) // cannot happen: go:embed checked it at build time
 	}
-	endpoint, _ := json.Marshal(struct {
-		Port string `json:"port,omitempty"`
-		Path string `json:"path,omitempty"`
-	}{cfg.Port, cfg.Path})
-	page := bytes.Replace(raw, []byte(placeholder), []byte(html.EscapeString(string(endpoint))), 1)
-	csp := contentSecurityPolicy(page)
+	render := func(port string) []byte {
+		endpoint, _ := json.Marshal(struct {
+			Port string `json:"port,omitempty"`
+			Path string `json:"path,omitempty"`
+		}{port, cfg.Path})
+		return bytes.Replace(raw, []byte(placeholder), []byte(html.EscapeString(string(endpoint))), 1)
+	}
+	direct, proxied := render(cfg.Port), render("")
+	csp := contentSecurityPolicy(direct) // the script and style are the same in both
 	modified := time.Now()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		page := direct
+		if r.Header.Get("X-Forwarded-Proto") != "" || r.Header.Get("X-Forwarded-Host") != "" || r.Header.Get("Forwarded") != "" {
+			page = proxied
+		}
 		h := w.Header()
 		h.Set("Content-Type", "text/html; charset=utf-8")
 		h.Set("Content-Security-Policy", csp)

@@ -516,6 +516,16 @@ func TestBoardInChromium(t *testing.T) {
 	}
 	t.Logf("screenshot: %s", path)
 	checkNotBlank(t, shot)
+	// 8. The DOM stays bounded: with ?rows=10 and the whole window
+	// replayed (?since=0), the newest ten events are shown.
+	if err := chromedp.Do(ctx, chromedp.Navigate(s.admin+"/?since=0&rows=10")); err != nil {
+		t.Fatalf("open board: %v", err)
+	}
+	want = newestFirst(all, nil)[:10]
+	waitUntil(t, ctx, "the newest ten rows only", func(st boardState, rs []row) bool {
+		return st.Received == len(all) && slices.Equal(ids(rs), want)
+	})
+
 	if os.Getenv("BOARD_UPDATE_SCREENSHOT") == "1" {
 		if err := os.WriteFile(filepath.Join("..", "docs", "board.png"), shot, 0o644); err != nil {
 			t.Fatal(err)
@@ -618,6 +628,19 @@ func TestBoardServed(t *testing.T) {
 	}
 	if bytes.Contains(body, []byte("http://")) || bytes.Contains(body, []byte("https://")) {
 		t.Fatal("the page refers to another site; it must be self-contained")
+	}
+	// Through a reverse proxy the board and the WebSocket share an origin:
+	// the page gets no port and uses its own.
+	req, _ := http.NewRequest("GET", s.admin+"/", nil)
+	req.Header.Set("X-Forwarded-Proto", "https")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if hint := `content="{&#34;path&#34;:&#34;/ws&#34;}"`; !bytes.Contains(body, []byte(hint)) {
+		t.Fatalf("proxied page lacks the same-origin hint %s", hint)
 	}
 	if resp, err := http.Get(s.admin + "/nope"); err != nil || resp.StatusCode != 404 {
 		t.Fatalf("GET /nope: %v %v", resp, err)

@@ -48,6 +48,10 @@ type Config struct {
 	MaxMessageSize int
 	// MaxSubscriptions bounds the subscriptions of one session.
 	MaxSubscriptions int
+	// EchoPath, when set, serves a WebSocket echo endpoint on that path with
+	// the same engine, frame codec and permessage-deflate code: a testing
+	// aid for conformance suites such as Autobahn|Testsuite. Off by default.
+	EchoPath string
 	// Broker joins a fleet sharing one event stream: a redis:// URL. Empty
 	// means a single instance with its in-memory ring.
 	Broker string
@@ -147,6 +151,9 @@ func (c *Config) Validate() error {
 	positiveDur("session-timeout", c.SessionTimeout)
 	positiveDur("cleanup-interval", c.CleanupInterval)
 	positiveDur("handshake-timeout", c.HandshakeTimeout)
+	if c.EchoPath != "" && (c.EchoPath[0] != '/' || c.EchoPath == c.Path) {
+		errs = append(errs, fmt.Errorf("echo-path must start with '/' and differ from the endpoint path, got %q", c.EchoPath))
+	}
 	if c.HistorySize < 0 || c.HistoryMaxBytes < 0 {
 		errs = append(errs, errors.New("history-size and history-max-bytes must not be negative"))
 	}

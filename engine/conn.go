@@ -37,6 +37,7 @@ type conn struct {
 	closed      bool // OnClose ran: gc must not be written to
 	upgraded    bool // the WebSocket handshake succeeded: a session is attached
 	welcomed    bool // the welcome was written: client frames may be processed
+	echo        bool // on the echo path (--echo-path): data messages are sent back
 	draining    bool // shutting down: close once the goodbye reached the kernel
 	deflate     bool // permessage-deflate negotiated
 	openedAt    time.Time
@@ -197,6 +198,11 @@ func (c *conn) handshake(buf []byte) int {
 	m := c.eng().metrics
 	m.activeConnections.Add(1)
 	m.totalConnections.Inc()
+	if hs.echo {
+		// A conformance endpoint: no session, nothing to wait for.
+		c.echo, c.welcomed = true, true
+		return len(req)
+	}
 	c.eng().disp.cmds.push(command{kind: cmdAttach, c: c, resumeID: hs.param("session_id"), claims: c.auth, now: time.Now()})
 	return len(req)
 }
@@ -250,7 +256,8 @@ func (l *loop) initUpgrader() {
 		OnHeader: hs.onHeader,
 		OnRequest: func(uri []byte) error {
 			path, query, _ := bytes.Cut(uri, []byte("?"))
-			if string(path) != cfg.Path {
+			hs.echo = cfg.EchoPath != "" && string(path) == cfg.EchoPath
+			if string(path) != cfg.Path && !hs.echo {
 				return ws.RejectConnectionError(ws.RejectionStatus(http.StatusNotFound),
 					ws.RejectionReason("no WebSocket endpoint at this path; use "+cfg.Path))
 			}
@@ -378,12 +385,16 @@ func (c *conn) message(op ws.OpCode, data []byte, compressed bool) {
 		l.scratch = inflated[:0]
 		data = inflated
 	}
-	if op == codec.OpBinary {
-		c.sendError(codec.CodeUnsupported, "binary messages are not supported; send JSON text")
+	if op == codec.OpText && !codec.ValidText(data) {
+		c.fail(ws.StatusInvalidFramePayloadData, "text message is not valid UTF-8")
 		return
 	}
-	if !codec.ValidText(data) {
-		c.fail(ws.StatusInvalidFramePayloadData, "text message is not valid UTF-8")
+	if c.echo {
+		c.write(codec.AppendFrame(l.echoBuf[:0], op, data))
+		return
+	}
+	if op == codec.OpBinary {
+		c.sendError(codec.CodeUnsupported, "binary messages are not supported; send JSON text")
 		return
 	}
 	m, merr := codec.DecodeClientMessage(data)

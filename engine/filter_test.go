@@ -90,6 +90,7 @@ var filterCorpus = []corpusEvent{
 	{"e6", "incident_updated", "P1", "Triaged", "pagerduty", "INC-4", []string{"api"}, map[string]string{"env": "production", "team": "edge"}},
 	{"e7", "playbook_started", "P4", "Remediating", "runbook", "INC-2", []string{"cache", "api"}, map[string]string{"team": "core", "env": "Production"}},
 	{"e8", "incident_closed", "P0", "Closed", "llm-sentinel", "INC-5", []string{}, map[string]string{"env": "production", "team": "core", "extra": "x"}},
+	{"e9", "assignment_changed", "", "", "", "", nil, map[string]string{"env": "", "team": "core"}},
 }
 
 // TestFilters checks every filter field alone and combined: one client per
@@ -102,45 +103,54 @@ func TestFilters(t *testing.T) {
 		name   string
 		filter testFilter
 		want   []string
+		wire   map[string]any // sent instead of filter.wire() when set
 	}{
-		{"empty filter matches all", testFilter{}, []string{"e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8"}},
-		{"event_types one", testFilter{EventTypes: []string{"incident_updated"}}, []string{"e1", "e2", "e6"}},
-		{"event_types two", testFilter{EventTypes: []string{"comment_added", "system_event"}}, []string{"e3", "e5"}},
-		{"severities one", testFilter{Severities: []string{"P1"}}, []string{"e1", "e6"}},
-		{"severities two", testFilter{Severities: []string{"P0", "P3"}}, []string{"e4", "e8"}},
-		{"severities all values never match a missing severity", testFilter{Severities: []string{"P0", "P1", "P2", "P3", "P4"}}, []string{"e1", "e2", "e4", "e6", "e7", "e8"}},
-		{"states one", testFilter{States: []string{"Detected"}}, []string{"e2"}},
-		{"states two", testFilter{States: []string{"Investigating", "Closed"}}, []string{"e1", "e8"}},
-		{"states all values never match a missing state", testFilter{States: []string{"Detected", "Triaged", "Investigating", "Remediating", "Resolved", "Closed"}}, []string{"e1", "e2", "e4", "e6", "e7", "e8"}},
-		{"sources one", testFilter{Sources: []string{"llm-sentinel"}}, []string{"e1", "e3", "e8"}},
-		{"sources two", testFilter{Sources: []string{"runbook", "pagerduty"}}, []string{"e2", "e6", "e7"}},
-		{"sources never match a missing source", testFilter{Sources: []string{"llm-sentinel", "pagerduty", "runbook"}}, []string{"e1", "e2", "e3", "e6", "e7", "e8"}},
-		{"affected_resources one", testFilter{Resources: []string{"db"}}, []string{"e1", "e4"}},
-		{"affected_resources any-of", testFilter{Resources: []string{"api"}}, []string{"e1", "e6", "e7"}},
-		{"affected_resources two", testFilter{Resources: []string{"cache", "web"}}, []string{"e2", "e7"}},
-		{"affected_resources never match none", testFilter{Resources: []string{"api", "db", "web", "cache"}}, []string{"e1", "e2", "e4", "e6", "e7"}},
-		{"affected_resources unknown", testFilter{Resources: []string{"nothing-has-this"}}, nil},
-		{"incident_ids one", testFilter{IncidentIDs: []string{"INC-1"}}, []string{"e1", "e3"}},
-		{"incident_ids two", testFilter{IncidentIDs: []string{"INC-2", "INC-5"}}, []string{"e2", "e7", "e8"}},
-		{"labels one", testFilter{Labels: map[string]string{"env": "production"}}, []string{"e1", "e4", "e6", "e8"}},
-		{"labels two must both hold", testFilter{Labels: map[string]string{"env": "production", "team": "core"}}, []string{"e1", "e8"}},
-		{"labels other key", testFilter{Labels: map[string]string{"team": "core"}}, []string{"e1", "e7", "e8"}},
-		{"labels values are case-sensitive", testFilter{Labels: map[string]string{"env": "Production"}}, []string{"e7"}},
-		{"labels key nobody has", testFilter{Labels: map[string]string{"nope": "x"}}, nil},
-		{"severity AND source", testFilter{Severities: []string{"P1", "P2"}, Sources: []string{"pagerduty"}}, []string{"e2", "e6"}},
-		{"type AND resource AND label", testFilter{EventTypes: []string{"incident_updated"}, Resources: []string{"api"}, Labels: map[string]string{"env": "production"}}, []string{"e1", "e6"}},
-		{"state AND incident", testFilter{States: []string{"Investigating", "Triaged"}, IncidentIDs: []string{"INC-4"}}, []string{"e6"}},
+		{"empty filter matches all", testFilter{}, []string{"e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9"}, nil},
+		{"event_types one", testFilter{EventTypes: []string{"incident_updated"}}, []string{"e1", "e2", "e6"}, nil},
+		{"event_types two", testFilter{EventTypes: []string{"comment_added", "system_event"}}, []string{"e3", "e5"}, nil},
+		{"severities one", testFilter{Severities: []string{"P1"}}, []string{"e1", "e6"}, nil},
+		{"severities two", testFilter{Severities: []string{"P0", "P3"}}, []string{"e4", "e8"}, nil},
+		{"severities all values never match a missing severity", testFilter{Severities: []string{"P0", "P1", "P2", "P3", "P4"}}, []string{"e1", "e2", "e4", "e6", "e7", "e8"}, nil},
+		{"states one", testFilter{States: []string{"Detected"}}, []string{"e2"}, nil},
+		{"states two", testFilter{States: []string{"Investigating", "Closed"}}, []string{"e1", "e8"}, nil},
+		{"states all values never match a missing state", testFilter{States: []string{"Detected", "Triaged", "Investigating", "Remediating", "Resolved", "Closed"}}, []string{"e1", "e2", "e4", "e6", "e7", "e8"}, nil},
+		{"sources one", testFilter{Sources: []string{"llm-sentinel"}}, []string{"e1", "e3", "e8"}, nil},
+		{"sources two", testFilter{Sources: []string{"runbook", "pagerduty"}}, []string{"e2", "e6", "e7"}, nil},
+		{"sources never match a missing source", testFilter{Sources: []string{"llm-sentinel", "pagerduty", "runbook"}}, []string{"e1", "e2", "e3", "e6", "e7", "e8"}, nil},
+		{"affected_resources one", testFilter{Resources: []string{"db"}}, []string{"e1", "e4"}, nil},
+		{"affected_resources any-of", testFilter{Resources: []string{"api"}}, []string{"e1", "e6", "e7"}, nil},
+		{"affected_resources two", testFilter{Resources: []string{"cache", "web"}}, []string{"e2", "e7"}, nil},
+		{"affected_resources never match none", testFilter{Resources: []string{"api", "db", "web", "cache"}}, []string{"e1", "e2", "e4", "e6", "e7"}, nil},
+		{"affected_resources unknown", testFilter{Resources: []string{"nothing-has-this"}}, nil, nil},
+		{"incident_ids one", testFilter{IncidentIDs: []string{"INC-1"}}, []string{"e1", "e3"}, nil},
+		{"incident_ids two", testFilter{IncidentIDs: []string{"INC-2", "INC-5"}}, []string{"e2", "e7", "e8"}, nil},
+		{"labels one", testFilter{Labels: map[string]string{"env": "production"}}, []string{"e1", "e4", "e6", "e8"}, nil},
+		{"labels two must both hold", testFilter{Labels: map[string]string{"env": "production", "team": "core"}}, []string{"e1", "e8"}, nil},
+		{"labels other key", testFilter{Labels: map[string]string{"team": "core"}}, []string{"e1", "e7", "e8", "e9"}, nil},
+		{"labels empty value", testFilter{Labels: map[string]string{"env": ""}}, []string{"e9"}, nil},
+		{"labels values are case-sensitive", testFilter{Labels: map[string]string{"env": "Production"}}, []string{"e7"}, nil},
+		{"labels key nobody has", testFilter{Labels: map[string]string{"nope": "x"}}, nil, nil},
+		{"severity AND source", testFilter{Severities: []string{"P1", "P2"}, Sources: []string{"pagerduty"}}, []string{"e2", "e6"}, nil},
+		{"type AND resource AND label", testFilter{EventTypes: []string{"incident_updated"}, Resources: []string{"api"}, Labels: map[string]string{"env": "production"}}, []string{"e1", "e6"}, nil},
+		{"state AND incident", testFilter{States: []string{"Investigating", "Triaged"}, IncidentIDs: []string{"INC-4"}}, []string{"e6"}, nil},
 		{"all seven fields", testFilter{
 			EventTypes: []string{"incident_updated"}, Severities: []string{"P1"}, States: []string{"Investigating"},
 			Sources: []string{"llm-sentinel"}, Resources: []string{"db"}, IncidentIDs: []string{"INC-1"},
 			Labels: map[string]string{"team": "core"},
-		}, []string{"e1"}},
+		}, []string{"e1"}, nil},
 		{"all seven fields, one off", testFilter{
 			EventTypes: []string{"incident_updated"}, Severities: []string{"P1"}, States: []string{"Investigating"},
 			Sources: []string{"llm-sentinel"}, Resources: []string{"db"}, IncidentIDs: []string{"INC-1"},
 			Labels: map[string]string{"team": "edge"},
-		}, nil},
-		{"fields AND-ed to nothing", testFilter{Severities: []string{"P0"}, Sources: []string{"pagerduty"}}, nil},
+		}, nil, nil},
+		{"fields AND-ed to nothing", testFilter{Severities: []string{"P0"}, Sources: []string{"pagerduty"}}, nil, nil},
+		{"explicitly empty lists match all", testFilter{}, []string{"e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9"}, map[string]any{
+			"event_types": []string{}, "severities": []string{}, "states": []string{}, "sources": []string{},
+			"affected_resources": []string{}, "incident_ids": []string{}, "labels": map[string]string{},
+		}},
+		{"null lists match all", testFilter{}, []string{"e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9"}, map[string]any{
+			"severities": nil, "labels": nil,
+		}},
 	}
 	// The table must agree with the spec's semantics before it judges the server.
 	for _, tc := range cases {
@@ -160,7 +170,11 @@ func TestFilters(t *testing.T) {
 	for i, tc := range cases {
 		c := s.dial(t, "")
 		c.subscribe("fence", fenceFilter)
-		c.subscribe("f", tc.filter.wire())
+		wire := tc.wire
+		if wire == nil {
+			wire = tc.filter.wire()
+		}
+		c.subscribe("f", wire)
 		clients[i] = c
 	}
 	lines := make([]string, 0, len(filterCorpus)+1)

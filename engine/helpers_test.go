@@ -468,9 +468,10 @@ func rawHTTP(t testing.TB, addr, req string) rawResponse {
 	}
 	resp.Body.Close()
 	out := rawResponse{status: resp.StatusCode, header: resp.Header, body: string(body)}
+	// Closed: EOF (or a reset) before the deadline, with nothing more sent.
 	rest, err := io.ReadAll(br)
 	var ne net.Error
-	out.closed = err == nil && len(rest) == 0 || (err != nil && !(errors.As(err, &ne) && ne.Timeout()))
+	out.closed = len(rest) == 0 && !(errors.As(err, &ne) && ne.Timeout())
 	return out
 }
 

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/flarecast/flarecast/engine"
 )
@@ -403,5 +404,47 @@ func TestIngestPathNotASocket(t *testing.T) {
 	}
 	if b, err := os.ReadFile(path); err != nil || string(b) != "precious" {
 		t.Fatalf("the regular file was damaged: %q, %v", b, err)
+	}
+}
+
+// TestIngestNeverForwardsWhatClientsCannotRead: every line is either
+// refused, or reaches clients as a valid JSON text message (valid UTF-8).
+func TestIngestNeverForwardsWhatClientsCannotRead(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, nil)
+	c := s.dial(t, "")
+	c.subscribe("all", map[string]any{})
+	lines := []string{
+		`{"event_type":"incident_updated"} trailing`,
+		`{"event_type":"incident_updated"}{"event_type":"system_event"}`,
+		`{"event_type":"incident_updated"},`,
+		"{\"event_type\":\"incident_updated\",\"title\":\"bad \xff\xfe utf-8\"}",
+		"{\"event_type\":\"incident_updated\",\"title\":\"raw \x01 control\"}",
+		"{\"event_type\":\"incident_updated\",\"title\":\"lone surrogate \\ud800\"}",
+		`{"event_type":"incident_updated","n":1e999}`,
+		`{"event_type":"incident_updated","n":01}`,
+		`{"event_type":"incident_updated",}`,
+		`{"event_type":"incident_updated","a":[1,2,]}`,
+		`{"event_type":"incident_updated","a":NaN}`,
+		`{"event_type":"incident_updated","a":'single'}`,
+	}
+	p := s.dialIngest(t)
+	for _, line := range lines {
+		p.write(line + "\n")
+		r := p.reply()
+		if !r.OK {
+			if r.Code != "INVALID_EVENT" {
+				t.Errorf("line %q: refused with %s, want INVALID_EVENT", line, r.Code)
+			}
+			continue
+		}
+		raw := c.readRaw(5 * time.Second)
+		if !utf8.Valid(raw) || !json.Valid(raw) {
+			t.Errorf("line %q was accepted (message_id %d) and clients got %q: not valid UTF-8 JSON", line, r.MessageID, raw)
+			continue
+		}
+		if m := decodeObject(t, raw); msgID(t, m) != r.MessageID {
+			t.Errorf("line %q: client got %s, want message_id %d", line, raw, r.MessageID)
+		}
 	}
 }

@@ -47,6 +47,7 @@ type loop struct {
 	takenBy  []takenRange
 	iov      [][]byte
 	scratch  []byte
+	echoBuf  []byte // echo frames, apart from scratch, which may hold the message
 	flushFn  gnet.Runnable
 	upgrader ws.Upgrader
 	hs       handshake
@@ -333,6 +334,7 @@ type handshake struct {
 	in       bytes.Reader
 	out      bytes.Buffer
 	path     bool // the request's path is the WebSocket endpoint
+	echo     bool // the request's path is the echo endpoint (--echo-path)
 	query    string
 	deflate  wsflate.Extension
 	upgrader bool

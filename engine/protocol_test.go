@@ -78,7 +78,7 @@ func TestSubscribeNormalisesFilters(t *testing.T) {
 		t.Errorf("subscribed filters\n got %v\nwant %v", m["filters"], want)
 	}
 	if len(m) != 3 {
-		t.Errorf("subscribed has keys %v, want type, subscription_id, filters", keys(m))
+		t.Errorf("subscribed has keys %v, want type, subscription_id, filters", mapKeys(m))
 	}
 
 	// Empty filters: all seven keys, all empty.
@@ -98,7 +98,7 @@ func TestSubscribeNormalisesFilters(t *testing.T) {
 	}
 }
 
-func keys(m map[string]any) []string {
+func mapKeys(m map[string]any) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
 		out = append(out, k)
@@ -249,6 +249,12 @@ func TestClientErrors(t *testing.T) {
 		{"ack without message_id", `{"type":"ack"}`, "INVALID_MESSAGE", []string{"message_id"}},
 		{"ack with a string message_id", `{"type":"ack","message_id":"7"}`, "INVALID_MESSAGE", []string{"message_id"}},
 		{"ack with a negative message_id", `{"type":"ack","message_id":-1}`, "INVALID_MESSAGE", []string{"message_id"}},
+		{"trailing garbage", `{"type":"ping","timestamp":1} trailing`, "INVALID_MESSAGE", nil},
+		{"two objects", `{"type":"ping","timestamp":1}{"type":"ping","timestamp":2}`, "INVALID_MESSAGE", nil},
+		{"timestamp with a leading zero", `{"type":"ping","timestamp":01}`, "INVALID_MESSAGE", nil},
+		{"timestamp with a trailing comma", `{"type":"ping","timestamp":[1,]}`, "INVALID_MESSAGE", nil},
+		{"timestamp with a bad escape", `{"type":"ping","timestamp":"\x41"}`, "INVALID_MESSAGE", nil},
+		{"timestamp NaN", `{"type":"ping","timestamp":NaN}`, "INVALID_MESSAGE", nil},
 		{"unknown type", `{"type":"frobnicate"}`, "UNSUPPORTED", []string{"frobnicate"}},
 		{"type with wrong case", `{"type":"Subscribe","subscription_id":"x","filters":{}}`, "UNSUPPORTED", []string{"Subscribe"}},
 	}

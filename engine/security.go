@@ -326,16 +326,6 @@ func (cl *connLimiter) release(p *peerCount) {
 	}
 }
 
-// counts returns the server-wide count and the count of addr, for tests.
-func (cl *connLimiter) counts(addr netip.Addr) (total, perIP int) {
-	cl.mu.Lock()
-	defer cl.mu.Unlock()
-	if p := cl.perIP[addr]; p != nil {
-		perIP = p.n
-	}
-	return cl.total, perIP
-}
-
 // allowMessage applies the rate limit to one client message and reports
 // whether to handle it. The bucket is GCRA: one int64 per connection, the
 // "theoretical arrival time" of the next message relative to openedAt (a

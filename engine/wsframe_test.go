@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -57,12 +58,12 @@ func TestRawSplitAcrossReads(t *testing.T) {
 		t.Fatalf("got %v, want welcome", m)
 	}
 	for _, cut := range []int{1, 2, 6, 40} {
-		sub := maskedText(`{"type":"subscribe","subscription_id":"split` + itoa(cut) + `","filters":{}}`)
+		sub := maskedText(`{"type":"subscribe","subscription_id":"split` + strconv.Itoa(cut) + `","filters":{}}`)
 		r.write(sub[:cut])
 		time.Sleep(50 * time.Millisecond)
 		r.write(sub[cut:])
 		m := r.readJSON()
-		if m["type"] != "subscribed" || m["subscription_id"] != "split"+itoa(cut) {
+		if m["type"] != "subscribed" || m["subscription_id"] != "split"+strconv.Itoa(cut) {
 			t.Fatalf("frame split after %d bytes answered %v", cut, m)
 		}
 	}
@@ -265,21 +266,7 @@ func TestRawClientClose(t *testing.T) {
 func TestRawPermessageDeflate(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, func(c *engine.Config) { c.CompressionMinSize = 256 })
-	c := s.dialTCP(t)
-	key := newWSKey()
-	req := strings.Replace(upgradeRequest(s.hostPort(), "/ws", key), "\r\n\r\n",
-		"\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n", 1)
-	r := &rawWS{t: t, c: c, br: bufio.NewReader(c)}
-	r.write([]byte(req))
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	resp, err := http.ReadResponse(r.br, nil)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("upgrade offering deflate: %v %v", resp, err)
-	}
-	ext := resp.Header.Get("Sec-WebSocket-Extensions")
-	if !strings.Contains(ext, "permessage-deflate") {
-		t.Fatalf("compression is on, but the server answered Sec-WebSocket-Extensions %q", ext)
-	}
+	r := s.rawDialDeflate(t)
 	// Every message is its own deflate stream only if the server said so;
 	// this client compresses each message independently either way.
 	next := func() (map[string]any, bool) {
@@ -308,9 +295,6 @@ func TestRawPermessageDeflate(t *testing.T) {
 			return decodeObject(t, payload), compressed
 		}
 	}
-	if m, _ := next(); m["type"] != "welcome" {
-		t.Fatalf("want welcome, got %v", m)
-	}
 	// A compressed subscribe (RSV1).
 	var buf bytes.Buffer
 	fw, _ := flate.NewWriter(&buf, flate.BestCompression)
@@ -332,4 +316,63 @@ func TestRawPermessageDeflate(t *testing.T) {
 			t.Errorf("event %d (%d bytes): compressed=%v, want %v (min size 256)", id, len([]string{small, large}[i]), compressed, want)
 		}
 	}
+}
+
+// TestRawMaxMessageSizeBoundary: a message of exactly max-message-size
+// bytes, whole or fragmented, is accepted; a 125-byte ping is answered.
+func TestRawMaxMessageSizeBoundary(t *testing.T) {
+	t.Parallel()
+	const max = 4096
+	s := startServer(t, func(c *engine.Config) { c.MaxMessageSize = max })
+	r := s.rawDial(t, false)
+	exact := func(id string) []byte {
+		msg := `{"type":"subscribe","subscription_id":"` + id + `","filters":{}}`
+		return []byte(msg + strings.Repeat(" ", max-len(msg)))
+	}
+	r.write(wsFrameBytes(true, 0, opText, exact("whole"), true))
+	if m := r.readJSON(); m["type"] != "subscribed" || m["subscription_id"] != "whole" {
+		t.Fatalf("a %d-byte message (the maximum) answered %v", max, m)
+	}
+	msg := exact("fragments")
+	r.write(append(wsFrameBytes(false, 0, opText, msg[:1000], true), wsFrameBytes(true, 0, opCont, msg[1000:], true)...))
+	if m := r.readJSON(); m["type"] != "subscribed" || m["subscription_id"] != "fragments" {
+		t.Fatalf("a fragmented %d-byte message answered %v", max, m)
+	}
+	payload := bytes.Repeat([]byte("p"), 125)
+	r.write(wsFrameBytes(true, 0, opPing, payload, true))
+	if f := r.mustFrame(); f.op != opPong || !bytes.Equal(f.payload, payload) {
+		t.Fatalf("125-byte ping answered op=%d with %d bytes", f.op, len(f.payload))
+	}
+	// A compressed message that inflates beyond the limit is refused.
+	var buf bytes.Buffer
+	fw, _ := flate.NewWriter(&buf, flate.BestCompression)
+	_, _ = fw.Write([]byte(`{"type":"ping","timestamp":"` + strings.Repeat("z", 100*max) + `"}`))
+	_ = fw.Flush()
+	r2 := s.rawDialDeflate(t)
+	r2.write(wsFrameBytes(true, 4, opText, bytes.TrimSuffix(buf.Bytes(), []byte{0, 0, 0xff, 0xff}), true))
+	r2.expectClose(1009)
+}
+
+// rawDialDeflate upgrades a raw connection offering permessage-deflate,
+// checks the server accepted it, and reads the welcome (sent uncompressed).
+func (s *testServer) rawDialDeflate(t testing.TB) *rawWS {
+	t.Helper()
+	c := s.dialTCP(t)
+	key := newWSKey()
+	req := strings.Replace(upgradeRequest(s.hostPort(), "/ws", key), "\r\n\r\n",
+		"\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n", 1)
+	r := &rawWS{t: t, c: c, br: bufio.NewReader(c)}
+	r.write([]byte(req))
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(r.br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade offering deflate: %v %v", resp, err)
+	}
+	if ext := resp.Header.Get("Sec-WebSocket-Extensions"); !strings.Contains(ext, "permessage-deflate") {
+		t.Fatalf("compression is on, but the server answered Sec-WebSocket-Extensions %q", ext)
+	}
+	if m := r.readJSON(); m["type"] != "welcome" {
+		t.Fatalf("want welcome, got %v", m)
+	}
+	return r
 }

@@ -168,7 +168,7 @@ func ParseArgs(args []string, out io.Writer) (Config, error) {
 			"  seed       15,000 connections, 10,000 events/s, each event matching 10\n"+
 			"  fanout     10,000 connections, 100 events/s, each event matching 1,000\n"+
 			"  broadcast  10,000 connections, 10 events/s, every event matching all\n"+
-			"  smoke      200 connections, 200 events/s matching 10, 2 s\n\nflags:\n")
+			"  smoke      200 connections, 200 events/s matching 10, 2 s\n\nflags (--conns, --rate, --duration, --match and --settle default to the scenario's values; density's are shown):\n")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&c.Scenario, "scenario", "density", "preset: "+strings.Join(Scenarios, ", "))
@@ -196,7 +196,7 @@ func ParseArgs(args []string, out io.Writer) (Config, error) {
 	fs.BoolVar(&c.PublishOnly, "publish-only", false, "open no connection; publish the scenario's events for clients run elsewhere (k6)")
 	fs.BoolVar(&c.Spawn, "spawn", false, "start --server-bin serve on free loopback ports and a temporary ingest socket")
 	fs.StringVar(&c.ServerBin, "server-bin", base.ServerBin, "flarecast binary for --spawn")
-	fs.Func("server-arg", "extra argument for the spawned `flarecast serve` (repeatable)", func(s string) error {
+	fs.Func("server-arg", "extra `ARG` for the spawned flarecast serve (repeatable), e.g. --server-arg=--event-loops=2", func(s string) error {
 		c.ServerArgs = append(c.ServerArgs, s)
 		return nil
 	})

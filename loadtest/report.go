@@ -91,10 +91,15 @@ type ConnectionStats struct {
 
 // EventStats describe what was published.
 type EventStats struct {
-	TargetRate    float64 `json:"target_per_sec"`
-	Published     int64   `json:"published"`
-	Accepted      int64   `json:"accepted"`
-	Rejected      int64   `json:"rejected"`
+	TargetRate float64 `json:"target_per_sec"`
+	Published  int64   `json:"published"`
+	Accepted   int64   `json:"accepted"`
+	Rejected   int64   `json:"rejected"`
+	// Unconfirmed events got no reply in time (or the ingest connection
+	// broke): the server may have accepted them, so they are left out of
+	// the expected deliveries, and their deliveries make received exceed
+	// expected.
+	Unconfirmed   int64   `json:"unconfirmed"`
 	FirstError    string  `json:"first_error,omitempty"`
 	PublishSec    float64 `json:"publish_sec"`
 	AchievedRate  float64 `json:"achieved_per_sec"`
@@ -201,8 +206,9 @@ func (r *Result) WriteTable(w io.Writer) {
 	}
 	if r.Events.Published > 0 || r.Settings.Rate > 0 {
 		e := r.Events
-		row("events", "%s published, %s accepted, %s rejected; %s/s achieved of %s/s; %.1f connections per event",
-			num(float64(e.Published)), num(float64(e.Accepted)), num(float64(e.Rejected)), num(e.AchievedRate), num(e.TargetRate), e.MatchPerEvent)
+		row("events", "%s published, %s accepted, %s rejected, %s unconfirmed; %s/s achieved of %s/s; %.1f connections per event",
+			num(float64(e.Published)), num(float64(e.Accepted)), num(float64(e.Rejected)), num(float64(e.Unconfirmed)),
+			num(e.AchievedRate), num(e.TargetRate), e.MatchPerEvent)
 		d := r.Deliveries
 		row("deliveries", "%s received of %s expected; lost %d, duplicates %d, unexpected %d",
 			num(float64(d.Received)), num(float64(d.Expected)), d.Lost, d.Duplicates, d.Unexpected)

@@ -2,6 +2,7 @@ package loadtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -43,13 +44,14 @@ type runner struct {
 	failMu      sync.Mutex
 	failures    map[string]int
 
-	accMu      sync.Mutex
-	accepted   bitset // seqs the server accepted
-	published  atomic.Int64
-	acceptedN  atomic.Int64
-	rejected   atomic.Int64
-	expected   atomic.Int64
-	firstError atomic.Value // string
+	accMu       sync.Mutex
+	accepted    bitset // seqs the server accepted
+	published   atomic.Int64
+	acceptedN   atomic.Int64
+	rejected    atomic.Int64
+	unconfirmed atomic.Int64
+	expected    atomic.Int64
+	firstError  atomic.Value // string
 
 	phase     atomic.Value // string
 	serverPID int
@@ -334,7 +336,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) {
 	r.account(res, pubStart, doneAt, cpu0, cpu1)
 	res.Warnings = r.warnings
 	res.OK = ctx.Err() == nil && res.Deliveries.Lost == 0 && res.Deliveries.Duplicates == 0 &&
-		res.Deliveries.Unexpected == 0 && res.Deliveries.Malformed == 0 && res.Events.Rejected == 0 &&
+		res.Deliveries.Unexpected == 0 && res.Deliveries.Malformed == 0 && res.Events.Rejected == 0 && res.Events.Unconfirmed == 0 &&
 		res.Connections.Held == open && res.Connections.Dropped == 0
 	fmt.Fprint(r.progress, r.clearLine())
 	return res, nil
@@ -429,10 +431,12 @@ func (r *runner) publish(ctx context.Context) error {
 	}
 	defer pc.Close()
 	r.accepted = make(bitset, int(cfg.Rate*cfg.Duration.Seconds())/64+1)
-	const maxBatch = 5000
-	// At most this many batches await their replies; when the server
-	// pushes back, the schedule waits and the achieved rate shows it.
-	inflight := make(chan struct{}, 256)
+	// A batch holds at most 10 ms of events, and at most 100 ms of events
+	// await their replies: when the server pushes back (its ring is full),
+	// the schedule falls behind and the achieved rate shows it, instead of
+	// events queueing here with their send times already stamped.
+	maxBatch := uint64(max(cfg.Rate/100, 10))
+	inflight := make(chan struct{}, 10)
 	var wg sync.WaitGroup
 	// The schedule ends after Duration even while waiting for a slot;
 	// replies are awaited a while longer, so an event is only counted as
@@ -483,12 +487,17 @@ func (r *runner) publish(ctx context.Context) error {
 }
 
 func (r *runner) recordPublished(first uint64, res []producer.Result) {
-	var expected, accepted, rejected int64
+	var expected, accepted, rejected, unconfirmed int64
 	r.accMu.Lock()
 	for k, p := range res {
 		s := first + uint64(k)
 		if p.Err != nil {
-			rejected++
+			var refused *producer.Error
+			if errors.As(p.Err, &refused) {
+				rejected++
+			} else {
+				unconfirmed++ // no reply: the server may have accepted it
+			}
 			r.firstError.CompareAndSwap(nil, p.Err.Error())
 			continue
 		}
@@ -499,6 +508,7 @@ func (r *runner) recordPublished(first uint64, res []producer.Result) {
 	r.accMu.Unlock()
 	r.acceptedN.Add(accepted)
 	r.rejected.Add(rejected)
+	r.unconfirmed.Add(unconfirmed)
 	r.expected.Add(expected)
 }
 
@@ -719,7 +729,7 @@ func (r *runner) account(res *Result, pubStart, doneAt time.Time, c0, c1 cpu) {
 
 	e := &res.Events
 	e.TargetRate = r.cfg.Rate
-	e.Published, e.Accepted, e.Rejected = r.published.Load(), r.acceptedN.Load(), r.rejected.Load()
+	e.Published, e.Accepted, e.Rejected, e.Unconfirmed = r.published.Load(), r.acceptedN.Load(), r.rejected.Load(), r.unconfirmed.Load()
 	if v, ok := r.firstError.Load().(string); ok {
 		e.FirstError = v
 	}

@@ -2,6 +2,7 @@ package producer
 
 import (
 	"context"
+	"errors"
 
 	"github.com/flarecast/flarecast/event"
 )
@@ -50,8 +51,15 @@ func NewHandlers(p Publisher) *Handlers {
 	}
 }
 
+// errNoPublisher is the error of a handler group not made by NewHandlers.
+var errNoPublisher = errors.New("producer: handlers without a Publisher (use NewHandlers)")
+
 // send publishes e's event and recycles e.
 func send(ctx context.Context, p Publisher, e *encoder) (uint64, error) {
+	if p == nil {
+		putEncoder(e)
+		return 0, errNoPublisher
+	}
 	id, err := p.PublishJSON(ctx, e.bytes())
 	putEncoder(e)
 	if err != nil {

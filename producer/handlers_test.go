@@ -298,6 +298,10 @@ func TestHandlersRefuseIncompleteModels(t *testing.T) {
 	if len(p.events) != 0 {
 		t.Fatalf("%d refused events were published", len(p.events))
 	}
+	var zero producer.Handlers
+	if _, err := zero.System.OnSystemEvent(ctx, full.sys); err == nil {
+		t.Fatal("handlers without a Publisher published")
+	}
 }
 
 // TestHandlersLive sends every handler's event to a live server over the

@@ -491,3 +491,37 @@ func TestNoAllocs(t *testing.T) {
 	}
 	_ = sink
 }
+
+// TestWaitOrWakesOnSignal: the dispatcher parks on the ring and on its
+// command queue at once; a token on wake must end the wait with nothing to
+// consume, and a published entry must still end it with no token.
+func TestWaitOrWakesOnSignal(t *testing.T) {
+	r := New[int](8, 1)
+	wake := make(chan struct{}, 1)
+	done := make(chan error, 1)
+	go func() { done <- r.WaitOr(context.Background(), wake) }()
+	wake <- struct{}{}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("WaitOr = %v after a wake token, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("WaitOr did not return after a wake token")
+	}
+	if n := r.Consume(10, func(uint64, int) {}); n != 0 {
+		t.Fatalf("consumed %d entries from an empty ring", n)
+	}
+	go func() { done <- r.WaitOr(context.Background(), wake) }()
+	if _, err := r.Publish(context.Background(), 7); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("WaitOr = %v after a publish, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("WaitOr did not return after a publish")
+	}
+}

@@ -86,7 +86,7 @@ func (s *e2eBuffer) String() string {
 	return s.b.String()
 }
 
-func freePort(t *testing.T) string {
+func e2eFreePort(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -110,8 +110,8 @@ type e2eServer struct {
 func startE2EServer(t *testing.T, bin string, extra ...string) *e2eServer {
 	t.Helper()
 	s := &e2eServer{
-		listen: freePort(t),
-		admin:  freePort(t),
+		listen: e2eFreePort(t),
+		admin:  e2eFreePort(t),
 		socket: filepath.Join(t.TempDir(), "s.sock"),
 		stderr: &e2eBuffer{},
 		done:   make(chan struct{}),
@@ -171,10 +171,10 @@ func (s *e2eServer) stop(t *testing.T) int {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("flarecast serve still running 10s after SIGTERM:\n%s", s.stderr.String())
 	}
-	return exitCode(t, s.err)
+	return e2eExitCode(t, s.err)
 }
 
-func exitCode(t *testing.T, err error) int {
+func e2eExitCode(t *testing.T, err error) int {
 	t.Helper()
 	if err == nil {
 		return 0
@@ -201,7 +201,7 @@ func e2eRun(t *testing.T, bin string, env []string, stdin string, args ...string
 	if ctx.Err() != nil {
 		t.Fatalf("flarecast %v did not finish within 30s\nstdout: %s\nstderr: %s", args, stdout.String(), stderr.String())
 	}
-	return exitCode(t, err), stdout.String(), stderr.String()
+	return e2eExitCode(t, err), stdout.String(), stderr.String()
 }
 
 type e2eClient struct {
@@ -274,8 +274,8 @@ func e2eIngest(t *testing.T, socket string, line []byte) uint64 {
 }
 
 var (
-	acceptedLine = regexp.MustCompile(`^line (\d+): accepted message_id=(\d+)$`)
-	rejectedLine = regexp.MustCompile(`^line (\d+): rejected: (.+)$`)
+	e2eAcceptedLine = regexp.MustCompile(`^line (\d+): accepted message_id=(\d+)$`)
+	e2eRejectedLine = regexp.MustCompile(`^line (\d+): rejected: (.+)$`)
 )
 
 // testServePublishSignal runs the server and the publish command as real
@@ -315,13 +315,13 @@ func testServePublishSignal(t *testing.T, bin string) {
 		accepted bool
 	}{{"1", true}, {"3", false}, {"4", true}} {
 		if want.accepted {
-			m := acceptedLine.FindStringSubmatch(out[i])
+			m := e2eAcceptedLine.FindStringSubmatch(out[i])
 			if m == nil || m[1] != want.line {
 				t.Fatalf("output line %q, want `line %s: accepted message_id=N`", out[i], want.line)
 			}
 			ids = append(ids, m[2])
 		} else {
-			m := rejectedLine.FindStringSubmatch(out[i])
+			m := e2eRejectedLine.FindStringSubmatch(out[i])
 			if m == nil || m[1] != want.line || !strings.Contains(m[2], "INVALID_EVENT") || !strings.Contains(m[2], "incident_exploded") {
 				t.Fatalf("output line %q, want `line %s: rejected: INVALID_EVENT …incident_exploded…`", out[i], want.line)
 			}
@@ -347,7 +347,7 @@ func testServePublishSignal(t *testing.T, bin string) {
 
 	// Publishing from stdin with only good lines exits 0.
 	code, stdout, stderr = e2eRun(t, bin, e2eEnv(), `{"event_type":"system_event"}`+"\n", "publish", "--ingest-socket", s.socket, "-")
-	if code != 0 || !acceptedLine.MatchString(strings.TrimSpace(stdout)) {
+	if code != 0 || !e2eAcceptedLine.MatchString(strings.TrimSpace(stdout)) {
 		t.Errorf("publish from stdin: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 	if m := c.read(); m["type"] != "event" {

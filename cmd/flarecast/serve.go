@@ -29,6 +29,7 @@ func serve(args []string) error {
 	fs.Var(sizeValue{&cfg.CompressionMinSize}, "compression-min-size", "events smaller than this are sent uncompressed")
 	fs.Var(sizeValue{&cfg.MaxMessageSize}, "max-message-size", "largest client message and ingest line")
 	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", cfg.MaxSubscriptions, "subscriptions per session")
+	fs.StringVar(&cfg.EchoPath, "echo-path", cfg.EchoPath, "serve a WebSocket echo endpoint on this path, for conformance suites (testing aid; off by default)")
 	fs.StringVar(&cfg.Broker, "broker", cfg.Broker, "join a fleet through a shared Redis stream: redis://host:6379[/db][?stream=NAME] (empty: single instance)")
 	fs.IntVar(&cfg.EventLoops, "event-loops", cfg.EventLoops, "gnet event loops (default: number of CPUs)")
 	fs.Var(boolValue{&cfg.Board}, "board", "serve the live incident board at / on --admin-listen (true|false)")

@@ -220,6 +220,7 @@ type tailer struct {
 	// Acknowledging (docs/protocol.md): a normal-priority event proves every
 	// earlier event arrived; any event proves it one ack period later.
 	maxSeen, maxNormal, prevTickMax, acked uint64
+	minSeen                                uint64 // before any proof, the first event stands in for the start
 	// After a fresh session subscribes with since=N every event is above N;
 	// one at or below N means the server's numbering started again.
 	expectAbove int64
@@ -301,7 +302,11 @@ func (t *tailer) connect(ctx context.Context) error {
 			if line := strings.TrimSpace(strings.SplitN(string(body), "\n", 2)[0]); line != "" {
 				reason += ": " + printable(line)
 			}
-			return &errTailRetry{fmt.Sprintf("%s refused the WebSocket upgrade: %s", t.o.url, reason)}
+			msg := fmt.Sprintf("%s refused the WebSocket upgrade: %s", t.o.url, reason)
+			if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode < 500 {
+				return errors.New(msg) // 401, 403, 404…: trying again will not help
+			}
+			return &errTailRetry{msg}
 		}
 		return &errTailRetry{fmt.Sprintf("cannot connect to %s: %v", t.o.url, err)}
 	}
@@ -449,7 +454,7 @@ func (t *tailer) welcome(conn *websocket.Conn, m *serverMessage) error {
 	// Subscribe: from --since at first, later from what was processed (a
 	// replacement subscription without since would skip what the drop missed).
 	sub := map[string]any{"type": "subscribe", "subscription_id": tailSubscription, "filters": t.o.filters}
-	if w := max(t.acked, t.maxNormal, t.prevTickMax); w > 0 {
+	if w := max(t.acked, t.maxNormal, t.prevTickMax, t.minSeen-min(t.minSeen, 1)); w > 0 {
 		sub["since"] = w
 		if !resumed {
 			t.expectAbove = int64(w)
@@ -473,7 +478,7 @@ func (t *tailer) event(m *serverMessage, raw []byte) error {
 			fmt.Fprintf(t.errOut, "flarecast tail: the server's message ids started again (restarted?)\n")
 			clear(t.seen)
 			t.seenOrder = t.seenOrder[:0]
-			t.maxSeen, t.maxNormal, t.prevTickMax, t.acked = 0, 0, 0, 0
+			t.maxSeen, t.minSeen, t.maxNormal, t.prevTickMax, t.acked = 0, 0, 0, 0, 0
 		}
 		t.expectAbove = -1
 	}
@@ -489,6 +494,9 @@ func (t *tailer) event(m *serverMessage, raw []byte) error {
 	var ev tailEvent
 	_ = json.Unmarshal(m.Event, &ev) // typed fields are validated by the server; oddities print as blanks
 	t.maxSeen = max(t.maxSeen, id)
+	if t.minSeen == 0 || id < t.minSeen {
+		t.minSeen = id
+	}
 	if ev.Priority == "normal" {
 		t.maxNormal = max(t.maxNormal, id)
 	}

@@ -150,11 +150,14 @@ type tailServer struct {
 	admin string
 }
 
-func startTailServer(t *testing.T) *tailServer {
+func startTailServer(t *testing.T, mutate ...func(*engine.Config)) *tailServer {
 	t.Helper()
 	cfg := engine.DefaultConfig()
 	cfg.Listen, cfg.AdminListen, cfg.IngestSocket = "127.0.0.1:0", "127.0.0.1:0", ""
 	cfg.EventLoops = 1
+	for _, m := range mutate {
+		m(&cfg)
+	}
 	eng, err := engine.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -547,4 +550,59 @@ func TestTailResume(t *testing.T) {
 	if !strings.Contains(tp.stderr.String(), "reconnecting") || !strings.Contains(tp.stderr.String(), "resumed session") {
 		t.Fatalf("stderr does not tell of the drop and the resume:\n%s", tp.stderr)
 	}
+}
+
+// TestTailNewSessionAfterExpiry lets the session expire while tail is cut
+// off: the server answers the reconnect with a new session, and tail
+// subscribes again with since = what it processed, so nothing is missed
+// (the path a client takes when it lands on another instance of a fleet).
+func TestTailNewSessionAfterExpiry(t *testing.T) {
+	s := startTailServer(t, func(c *engine.Config) {
+		c.SessionTimeout = 2 * time.Second // detached sessions go after this…
+		c.CleanupInterval = 100 * time.Millisecond
+		c.HeartbeatInterval = 200 * time.Millisecond // …while live clients answer pings in time
+	})
+	p := startProxy(t, strings.TrimSuffix(strings.TrimPrefix(s.ws, "ws://"), "/ws"))
+	tp := startTail(t, "--url", "ws://"+p.ln.Addr().String()+"/ws", "--count", "5", "--type", "incident_updated")
+	s.waitMetric(t, "websocket_active_subscriptions", 1)
+	before := s.publish(t, ev("incident_updated", "P1", ""), ev("incident_updated", "P2", ""))
+	got := []uint64{idOf(t, tp.next(t)), idOf(t, tp.next(t))}
+
+	p.holdNew()
+	p.cut()
+	s.waitMetric(t, `websocket_connections_closed_total{reason="connection_lost"}`, 1)
+	during := s.publish(t, ev("incident_updated", "P3", ""), ev("comment_added", "P1", ""), ev("incident_updated", "P0", ""))
+	// The session's subscription goes with it when the sweep drops it.
+	deadline := time.Now().Add(15 * time.Second)
+	for s.metric(t, "websocket_active_subscriptions") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the detached session was not dropped")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.release()
+	after := s.publishAfterSubscribe(t, ev("incident_updated", "P4", ""))
+	for range 3 {
+		got = append(got, idOf(t, tp.next(t)))
+	}
+	if code := tp.exit(t); code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, tp.stderr)
+	}
+	want := []uint64{before[0], before[1], during[0], during[2], after[0]}
+	if !slices.Equal(got, want) {
+		t.Fatalf("printed %v, want %v; stderr:\n%s", got, want, tp.stderr)
+	}
+	if r := s.metric(t, `flarecast_session_resumes_total{result="fresh"}`); r != 2 {
+		t.Fatalf("fresh sessions = %v, want 2 (the first and the one after expiry)", r)
+	}
+	if !strings.Contains(tp.stderr.String(), "new session") {
+		t.Fatalf("stderr does not tell of the new session:\n%s", tp.stderr)
+	}
+}
+
+// publishAfterSubscribe waits until a subscription exists again, then publishes.
+func (s *tailServer) publishAfterSubscribe(t *testing.T, lines ...string) []uint64 {
+	t.Helper()
+	s.waitMetric(t, "websocket_active_subscriptions", 1)
+	return s.publish(t, lines...)
 }

@@ -1,0 +1,282 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flarecast/flarecast/engine"
+	"github.com/flarecast/flarecast/producer"
+)
+
+// Slow consumers (issue 5): a client that stops reading is disconnected
+// once its queue reaches --max-pending-messages, the server's memory stays
+// bounded meanwhile, and the client loses nothing still in the window when
+// it resumes. The clients use a 4 KB receive buffer (smallBufferDialer) so
+// that a stalled client backs the server up after a few hundred events
+// instead of the megabytes Linux's autotuned buffers would absorb.
+
+// publishPadded publishes n incident_updated events of about size bytes
+// each, numbered from start, in batches, and returns their ids.
+func publishPadded(t testing.TB, s *testServer, start, n, size int) []uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pc, err := producer.Dial(ctx, s.socket)
+	if err != nil {
+		t.Fatalf("dial ingest: %v", err)
+	}
+	defer pc.Close()
+	pad := strings.Repeat("s", max(0, size-80))
+	ids := make([]uint64, 0, n)
+	const batch = 1000
+	lines := make([][]byte, 0, batch)
+	for i := 0; i < n; i += batch {
+		lines = lines[:0]
+		for j := i; j < min(n, i+batch); j++ {
+			lines = append(lines, []byte(evUpdated(fmt.Sprintf(`"source":"slow","n":%d,"pad":%q`, start+j, pad))))
+		}
+		for k, r := range pc.PublishBatch(ctx, lines) {
+			if r.Err != nil {
+				t.Fatalf("publish event %d: %v", start+i+k, r.Err)
+			}
+			ids = append(ids, r.MessageID)
+		}
+	}
+	return ids
+}
+
+// drainUntilClosed reads what the server sent before it closed the
+// connection, until the connection ends. It returns the event ids and
+// whether a closing/slow_consumer message got through (the server sends it
+// when it can; with the client's buffers full it usually cannot).
+func (c *client) drainUntilClosed() (ids []uint64, sawClosing bool) {
+	c.t.Helper()
+	for {
+		m, err := c.tryRead(10 * time.Second)
+		if err != nil {
+			if isReadTimeout(err) {
+				c.t.Fatalf("the server did not close the slow consumer's connection (read %d events after it stopped)", len(ids))
+			}
+			return ids, sawClosing
+		}
+		switch m["type"] {
+		case "event":
+			if sawClosing {
+				c.t.Fatalf("event %v after closing", m["message_id"])
+			}
+			ids = append(ids, msgID(c.t, m))
+		case "closing":
+			if m["reason"] != "slow_consumer" {
+				c.t.Fatalf("closing %v, want reason slow_consumer", m)
+			}
+			sawClosing = true
+		default:
+			c.t.Fatalf("unexpected message while draining: %v", m)
+		}
+	}
+}
+
+func isReadTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// stalledSubscriber dials with a small receive buffer, subscribes to
+// everything, reads 10 events, and acks the last of them when ack is set.
+// It returns the client and the 10 events' ids.
+func stalledSubscriber(t testing.TB, s *testServer, ack bool) (*client, []uint64) {
+	t.Helper()
+	c, _ := s.dialWelcome(t, "", smallBufferDialer(4096))
+	c.subscribe("all", map[string]any{})
+	first := publishPadded(t, s, 0, 10, 200)
+	expectIDs(t, "first events", c.events(10), first)
+	if ack {
+		if extra := c.ackBarrier(first[9]); len(extra) > 0 {
+			t.Fatalf("unexpected events %v", extra)
+		}
+	}
+	return c, first
+}
+
+// TestSlowConsumerResumesWithAcks: a client acks 10 events, then stops
+// reading while 3,000 events of 1 KB are published. The server disconnects
+// it as a slow consumer; the client reads what had reached it; resuming
+// with its session id it gets every event after its ack (the window holds
+// them all), in order, once, then live ones.
+func TestSlowConsumerResumesWithAcks(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, func(c *engine.Config) { c.MaxPendingMessages = 200 })
+	c, _ := stalledSubscriber(t, s, true)
+	ids := publishPadded(t, s, 10, 3000, 1024)
+	s.waitMetric(t, "websocket_slow_consumer_disconnects_total", 1)
+	s.waitMetric(t, `websocket_connections_closed_total{reason="slow_consumer"}`, 1)
+
+	drained, closing := c.drainUntilClosed()
+	if !sameIDs(drained, ids[:len(drained)]) {
+		t.Fatalf("what reached the slow consumer is not a prefix of the stream: %s", idDiff(drained, ids[:len(drained)]))
+	}
+	c2 := s.resume(t, c.sessionID, nil)
+	live := publishPadded(t, s, 3010, 5, 1024)
+	want := append(slices.Clone(ids), live...)
+	got := c2.idsThrough(want[len(want)-1])
+	if !sameIDs(got, want) {
+		t.Fatalf("after resuming: %s", idDiff(got, want))
+	}
+	t.Logf("the slow consumer had %d of %d events when it was closed (closing message got through: %v); the resume delivered %d",
+		len(drained), len(ids), closing, len(got))
+}
+
+// TestSlowConsumerWithoutAcksLosesNothing: the same client, never acking.
+// It resumes after the last event the server wrote to it, so the events
+// it read before the disconnect (those it had, plus those that reached it
+// after), followed by the resumed stream, must be every event published,
+// in order: "a client that comes back loses nothing that is still in the
+// window".
+func TestSlowConsumerWithoutAcksLosesNothing(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, func(c *engine.Config) { c.MaxPendingMessages = 200 })
+	c, first := stalledSubscriber(t, s, false)
+	ids := publishPadded(t, s, 10, 3000, 1024)
+	s.waitMetric(t, "websocket_slow_consumer_disconnects_total", 1)
+	drained, _ := c.drainUntilClosed()
+	c2 := s.resume(t, c.sessionID, nil)
+	live := publishPadded(t, s, 3010, 5, 1024)
+	all := append(append(slices.Clone(first), ids...), live...)
+	after := c2.idsThrough(all[len(all)-1])
+
+	had := append(slices.Clone(first), drained...)
+	if !sameIDs(had, all[:len(had)]) {
+		t.Fatalf("before the resume: %s", idDiff(had, all[:len(had)]))
+	}
+	// Duplicates are allowed only of events the client had not read; it
+	// read all of `had`, so the resumed stream must start right after it.
+	want := all[len(had):]
+	if !sameIDs(after, want) {
+		i := 0
+		if len(after) > 0 {
+			i, _ = slices.BinarySearch(all, after[0])
+		}
+		t.Fatalf("the client had read %d events (through message_id %d); the resumed stream starts at %v, so %d events were lost "+
+			"(written to the server's outbound buffer, dropped when it closed the slow consumer, yet counted as delivered): %s",
+			len(had), had[len(had)-1], headIDs(after), i-len(had), idDiff(after, want))
+	}
+}
+
+// slowHeapSampler records the Go heap of the test process, which runs the
+// engine: the live heap after a forced collection, sampled periodically.
+type slowHeapSampler struct {
+	stop chan struct{}
+	done chan struct{}
+	mu   sync.Mutex
+	peak uint64
+	n    int
+}
+
+func slowLiveHeap() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+func startSlowHeapSampler(every time.Duration) *slowHeapSampler {
+	h := &slowHeapSampler{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(h.done)
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			select {
+			case <-h.stop:
+				return
+			case <-tick.C:
+				v := slowLiveHeap()
+				h.mu.Lock()
+				h.peak = max(h.peak, v)
+				h.n++
+				h.mu.Unlock()
+			}
+		}
+	}()
+	return h
+}
+
+func (h *slowHeapSampler) finish() (peak uint64, samples int) {
+	close(h.stop)
+	<-h.done
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return max(h.peak, slowLiveHeap()), h.n + 1
+}
+
+// TestSlowConsumerMemoryBounded: 100 MB of events are published while a
+// subscriber does not read. An unbounded queue would hold all of it for
+// that client; flarecast holds the window (here 16 MiB of events) and at
+// most max-pending-messages frames for it, then disconnects it. The live
+// Go heap of the process (the engine runs in it) must grow by well under
+// the volume published. Resuming after its ack, the client gets
+// HISTORY_GAP (the window moved on), then every event still held, in
+// order, then live ones.
+//
+// Not parallel: the heap of the whole test process is measured.
+func TestSlowConsumerMemoryBounded(t *testing.T) {
+	const (
+		eventSize  = 4 << 10
+		published  = 100 << 20
+		n          = published / eventSize
+		historyMax = 16 << 20
+		heapBound  = 50 << 20
+	)
+	s := startServer(t, func(c *engine.Config) {
+		c.MaxPendingMessages = 200
+		c.HistorySize = 1 << 20 // the byte bound binds first
+		c.HistoryMaxBytes = historyMax
+	})
+	c, _ := stalledSubscriber(t, s, true)
+	base := slowLiveHeap()
+	sampler := startSlowHeapSampler(250 * time.Hour)
+	start := time.Now()
+	ids := publishPadded(t, s, 10, n, eventSize)
+	s.waitMetric(t, "websocket_events_broadcast_total", float64(10+n))
+	elapsed := time.Since(start)
+	peak, samples := sampler.finish()
+	s.waitMetric(t, "websocket_slow_consumer_disconnects_total", 1)
+	growth := int64(peak) - int64(base)
+	t.Logf("published %d events of %d B (%d MB) in %v; live heap: base %.1f MB, peak %.1f MB (+%.1f MB) over %d samples; window %d events",
+		n, eventSize, published>>20, elapsed.Round(time.Millisecond), slowMB(base), slowMB(peak), float64(growth)/(1<<20), samples,
+		int(s.metric(t, "flarecast_history_events")))
+	if growth > heapBound {
+		t.Errorf("live heap grew by %.1f MB while %d MB were published to a client that does not read (bound %d MB)",
+			float64(growth)/(1<<20), published>>20, heapBound>>20)
+	}
+
+	drained, _ := c.drainUntilClosed()
+	if !sameIDs(drained, ids[:len(drained)]) {
+		t.Fatalf("what reached the slow consumer is not a prefix of the stream: %s", idDiff(drained, ids[:len(drained)]))
+	}
+	oldest := uint64(s.metric(t, "flarecast_history_oldest_message_id"))
+	held := idsAfter(ids, oldest-1)
+	if len(held) == 0 || len(held) == len(ids) || held[0] != oldest {
+		t.Fatalf("window starts at %d: want it inside the %d events published (%d..%d)", oldest, len(ids), ids[0], ids[len(ids)-1])
+	}
+	c2 := s.resume(t, c.sessionID, nil)
+	if got := c2.expectGap(); got != oldest {
+		t.Fatalf("first_available %d, want %d (flarecast_history_oldest_message_id)", got, oldest)
+	}
+	live := publishPadded(t, s, 10+n, 3, 200)
+	want := append(slices.Clone(held), live...)
+	got := c2.idsThrough(want[len(want)-1])
+	if !sameIDs(got, want) {
+		t.Fatalf("after resuming: %s", idDiff(got, want))
+	}
+}
+
+func slowMB(b uint64) float64 { return float64(b) / (1 << 20) }
