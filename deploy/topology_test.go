@@ -132,8 +132,13 @@ func TestComposeTopology(t *testing.T) {
 	for _, in := range fleet {
 		waitStatus(t, in.proc, "http://"+in.admin+readyz, http.StatusServiceUnavailable)
 	}
-	if _, out, err := publish(fleet[0].sock, events, "1s"); err == nil || !strings.Contains(out, "UNAVAILABLE") {
-		t.Fatalf("publish while Redis is down: %v, want UNAVAILABLE refusals:\n%s", err, out)
+	// One event: each refusal waits out go-redis's dial retries (~0.8 s).
+	one := filepath.Join(dir, "one.ndjson")
+	if err := os.WriteFile(one, []byte(`{"event_type":"system_event","source":"deploy-test"}`+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, out, err := publish(fleet[0].sock, one, "10s"); err == nil || !strings.Contains(out, "UNAVAILABLE") {
+		t.Fatalf("publish while Redis is down: %v, want an UNAVAILABLE refusal:\n%s", err, out)
 	}
 	rs.Restart()
 	for _, in := range fleet {
@@ -488,7 +493,9 @@ http {
 			c.Close()
 		}
 		return err == nil
-	}, func() string { return "nginx does not listen on " + addr + ":\n" + readFile(filepath.Join(dir, "error.log")) })
+	}, func() string {
+		return "nginx does not listen on " + addr + ":\n" + readFile(filepath.Join(dir, "error.log"))
+	})
 	return addr
 }
 

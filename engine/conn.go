@@ -34,18 +34,16 @@ type conn struct {
 
 	// Owned by the loop goroutine.
 	state       connState
-	closed      bool // OnClose ran: gc must not be written to
-	upgraded    bool // the WebSocket handshake succeeded: a session is attached
-	welcomed    bool // the welcome was written: client frames may be processed
-	echo        bool // on the echo path (--echo-path): data messages are sent back
-	draining    bool // shutting down: close once the goodbye reached the kernel
-	deflate     bool // permessage-deflate negotiated
-	openedAt    time.Time
-	lastSeen    time.Time // last frame from the client
-	msg         []byte    // a fragmented data message being reassembled; nil when none
-	msgOp       ws.OpCode
-	msgDeflate  bool
-	fragmented  bool
+	closed      bool         // OnClose ran: gc must not be written to
+	upgraded    bool         // the WebSocket handshake succeeded: a session is attached
+	welcomed    bool         // the welcome was written: client frames may be processed
+	echo        bool         // on the echo path (--echo-path): data messages are sent back
+	draining    bool         // shutting down: close once the goodbye reached the kernel
+	deflate     bool         // permessage-deflate negotiated
+	openedAt    int64        // engine clock (monotonic ns) at accept
+	lastSeen    int64        // engine clock at the last frame from the client
+	unflushed   uint64       // lowest event id maybe still in gnet's outbound buffer; 0 if none
+	frag        *fragment    // a fragmented data message being reassembled; nil when none
 	limited     bool         // holds a slot in eng.limits (security.go)
 	rateStrikes uint8        // messages over the rate limit since the bucket was last half full
 	prev, next  *conn        // loop.conns
@@ -54,16 +52,23 @@ type conn struct {
 	peer        *peerCount   // this connection's client address count; nil when not counted
 
 	// Guarded by loop.mu: the queue the dispatcher fills and flush drains.
-	lanes     [numLanes][]*outFrame
-	pending   int
-	dirty     bool   // in loop.dirty
-	slow      bool   // the queue overflowed: to be closed
-	gone      bool   // closed or taken over: nothing more is queued
-	replaying bool   // the session's replay pump waits for this queue to drain
-	lost      uint64 // lowest message_id queued for c but never written; 0 if none
+	queue     []*outFrame // by lane, then message_id: see queueInsert
+	dirty     bool        // in loop.dirty
+	slow      bool        // the queue overflowed: to be closed
+	gone      bool        // closed or taken over: nothing more is queued
+	replaying bool        // the session's replay pump waits for this queue to drain
+	lost      uint64      // lowest message_id queued for c but never written; 0 if none
 
 	// Owned by the dispatcher goroutine.
 	sess *session
+}
+
+// fragment is a data message arriving in several frames: the only time a
+// connection holds a buffer of its own.
+type fragment struct {
+	data     []byte
+	op       ws.OpCode
+	deflated bool
 }
 
 // handler adapts gnet's callbacks to the engine.
@@ -79,7 +84,7 @@ func (h *handler) OnBoot(e gnet.Engine) gnet.Action {
 
 func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	l := h.eng.loopFor(gc.EventLoop())
-	now := time.Now()
+	now := h.eng.clock()
 	c := &conn{gc: gc, loop: l, openedAt: now, lastSeen: now}
 	gc.SetContext(c)
 	l.conns.add(c)
@@ -94,7 +99,13 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	l := c.loop
 	l.conns.remove(c)
 	c.closed = true
-	c.msg = nil
+	c.frag = nil
+	if c.unflushed != 0 && gc.OutboundBuffered() > 0 {
+		// gnet has not handed these frames to the kernel and may not now.
+		l.mu.Lock()
+		c.noteLost(&outFrame{id: c.unflushed})
+		l.mu.Unlock()
+	}
 	l.release(c)
 	if c.limited {
 		c.limited = false
@@ -108,7 +119,7 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 		m.closed("connection_lost")
 	}
 	m.activeConnections.Add(-1)
-	m.sessionDuration.Update(time.Since(c.openedAt).Seconds())
+	m.sessionDuration.Update(float64(h.eng.clock()-c.openedAt) / 1e9)
 	h.eng.disp.cmds.push(command{kind: cmdDetach, c: c, now: time.Now()})
 	return gnet.None
 }
@@ -292,7 +303,7 @@ func (c *conn) readFrame(b []byte) int {
 		c.fail(perr.Code, perr.Reason)
 		return len(b)
 	}
-	c.lastSeen = time.Now()
+	c.lastSeen = c.eng().clock()
 	if h.OpCode.IsControl() {
 		c.control(h.OpCode, payload)
 	} else {
@@ -333,7 +344,7 @@ func (c *conn) data(h codec.Header, payload []byte) {
 		return
 	}
 	if h.OpCode == codec.OpContinuation {
-		if !c.fragmented {
+		if c.frag == nil {
 			c.fail(ws.StatusProtocolError, "continuation frame without a message to continue")
 			return
 		}
@@ -341,26 +352,25 @@ func (c *conn) data(h codec.Header, payload []byte) {
 			c.fail(ws.StatusProtocolError, "RSV1 set on a continuation frame")
 			return
 		}
-		if len(c.msg)+len(payload) > cfg.MaxMessageSize {
+		if len(c.frag.data)+len(payload) > cfg.MaxMessageSize {
 			c.fail(ws.StatusMessageTooBig, "message exceeds max-message-size")
 			return
 		}
-		c.msg = append(c.msg, payload...)
+		c.frag.data = append(c.frag.data, payload...)
 		if h.Fin {
-			msg, op, deflated := c.msg, c.msgOp, c.msgDeflate
-			c.msg, c.fragmented = nil, false
-			c.message(op, msg, deflated)
+			f := c.frag
+			c.frag = nil
+			c.message(f.op, f.data, f.deflated)
 		}
 		return
 	}
-	if c.fragmented {
+	if c.frag != nil {
 		c.fail(ws.StatusProtocolError, "new data frame inside a fragmented message")
 		return
 	}
 	if !h.Fin {
-		c.fragmented = true
-		c.msg = append(make([]byte, 0, len(payload)*2), payload...)
-		c.msgOp, c.msgDeflate = h.OpCode, compressed
+		c.frag = &fragment{op: h.OpCode, deflated: compressed,
+			data: append(make([]byte, 0, len(payload)*2), payload...)}
 		return
 	}
 	c.message(h.OpCode, payload, compressed)

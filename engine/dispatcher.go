@@ -225,7 +225,7 @@ func (d *dispatcher) attach(c *conn, resumeID string, claims *auth.Claims, now t
 }
 
 func (d *dispatcher) newSession(now time.Time) *session {
-	s := &session{id: newSessionID(), startedAt: now, resumeAfter: d.lastID}
+	s := &session{id: newSessionID(), resumeAfter: d.lastID}
 	if n := len(d.freeSlots); n > 0 {
 		s.slot = d.freeSlots[n-1]
 		d.freeSlots = d.freeSlots[:n-1]
@@ -259,13 +259,13 @@ func (d *dispatcher) detach(c *conn, now time.Time) {
 	}
 	s.resumeAfter = d.release(c)
 	s.conn = nil
-	s.detachedAt = now
+	s.detachedAt = now.UnixNano()
 }
 
 // sweep drops sessions detached for longer than the session timeout.
 func (d *dispatcher) sweep(now time.Time) {
 	for _, s := range d.sessions {
-		if s.conn == nil && now.Sub(s.detachedAt) > d.cfg.SessionTimeout {
+		if s.conn == nil && now.UnixNano()-s.detachedAt > int64(d.cfg.SessionTimeout) {
 			d.drop(s)
 		}
 	}
@@ -302,7 +302,7 @@ func (d *dispatcher) subscribe(c *conn, m *codec.ClientMessage) {
 			return
 		}
 	}
-	sub := subscription{id: m.SubscriptionID, filter: filter, from: d.lastID, covered: d.lastID}
+	sub := subscription{id: m.SubscriptionID, from: d.lastID, covered: d.lastID}
 	if m.HasSince && m.Since < d.lastID {
 		sub.from, sub.covered = m.Since, m.Since
 	}
@@ -317,9 +317,9 @@ func (d *dispatcher) subscribe(c *conn, m *codec.ClientMessage) {
 	} else {
 		s.coverUpTo(s.replayNext - 1)
 	}
-	sub.sub = d.index.Add(s.slot, &sub.filter)
+	sub.sub = d.index.Add(s.slot, &filter)
 	s.subs = append(s.subs, sub)
-	d.reply(c, codec.AppendSubscribed(d.payload[:0], sub.id, &sub.filter))
+	d.reply(c, codec.AppendSubscribed(d.payload[:0], sub.id, &filter))
 	if sub.from < d.lastID {
 		next := sub.from + 1
 		if s.replayNext != 0 {
@@ -424,7 +424,7 @@ func (d *dispatcher) pump(s *session) bool {
 			return false
 		}
 		s.replayNext = id + 1
-		if s.owed(id, f.ev) {
+		if s.owed(d.index, id, f.ev) {
 			d.deliver(c, f)
 			queued++
 		}
@@ -457,6 +457,9 @@ func (d *dispatcher) dispatchEvent(seq uint64, ev *event.Event) {
 	d.lastID = seq
 	f := d.encode(seq, ev)
 	d.eng.metrics.eventsBroadcast.Inc()
+	// The frame holds the encoded event; the event itself is kept only for
+	// replay matching, which needs its typed fields, not its JSON.
+	ev.JSON = nil
 	d.history.Append(seq, f, f.size())
 	d.owners = d.index.Match(ev, d.owners[:0])
 	for _, owner := range d.owners {

@@ -11,7 +11,6 @@ const (
 	laneCritical = iota
 	laneHigh
 	laneNormal
-	numLanes
 )
 
 func laneOf(p event.Priority) uint8 {

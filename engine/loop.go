@@ -75,12 +75,11 @@ func (l *loop) enqueue(ds []delivery, maxPending int) {
 			c.noteLost(d.f)
 			continue
 		}
-		if c.pending >= maxPending {
+		if len(c.queue) >= maxPending {
 			c.slow = true // the flush closes it
 			c.noteLost(d.f)
 		} else {
-			c.lanes[d.f.lane] = append(c.lanes[d.f.lane], d.f)
-			c.pending++
+			c.queue = queueInsert(c.queue, d.f)
 		}
 		if !c.dirty {
 			c.dirty = true
@@ -98,6 +97,21 @@ func (c *conn) noteLost(f *outFrame) {
 	}
 }
 
+// noteUnflushed records, after frames were written, the lowest event id
+// among those gnet still holds in its outbound buffer (the last bytes
+// written): if the connection closes before they reach the kernel, they
+// are lost, and a client that never acks must get them again on resume.
+func (c *conn) noteUnflushed(frames []*outFrame) {
+	pending := c.gc.OutboundBuffered()
+	for i := len(frames) - 1; i >= 0 && pending > 0; i-- {
+		f := frames[i]
+		pending -= len(f.bytesFor(c.deflate))
+		if f.id != 0 && (c.unflushed == 0 || f.id < c.unflushed) {
+			c.unflushed = f.id
+		}
+	}
+}
+
 // release stops queueing for c (it closed, or its session moved to another
 // connection) and returns the lowest message_id queued for it that was
 // never handed to its socket, or 0.
@@ -105,13 +119,10 @@ func (l *loop) release(c *conn) uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	c.gone = true
-	for i := range c.lanes {
-		for _, f := range c.lanes[i] {
-			c.noteLost(f)
-		}
-		c.lanes[i] = nil
+	for _, f := range c.queue {
+		c.noteLost(f)
 	}
-	c.pending = 0
+	c.queue = nil
 	return c.lost
 }
 
@@ -119,7 +130,22 @@ func (l *loop) release(c *conn) uint64 {
 func (l *loop) pendingOf(c *conn) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return c.pending
+	return len(c.queue)
+}
+
+// queueInsert puts f after every queued frame of its lane or a more urgent
+// one: critical and high events overtake normal ones still waiting, and
+// each lane keeps message_id order. A normal frame (nearly all of them) is
+// a plain append; only an urgent one behind a backlog walks back over it.
+func queueInsert(q []*outFrame, f *outFrame) []*outFrame {
+	i := len(q)
+	for i > 0 && q[i-1].lane > f.lane {
+		i--
+	}
+	q = append(q, nil)
+	copy(q[i+1:], q[i:])
+	q[i] = f
+	return q
 }
 
 // closeAsync closes c from any goroutine, telling the client why.
@@ -173,12 +199,9 @@ func (l *loop) flush(force bool) {
 		default:
 			c.dirty = false
 			start := len(l.taken)
-			for lane := range c.lanes {
-				l.taken = append(l.taken, c.lanes[lane]...)
-				clear(c.lanes[lane])
-				c.lanes[lane] = shrink(c.lanes[lane])
-			}
-			c.pending = 0
+			l.taken = append(l.taken, c.queue...)
+			clear(c.queue)
+			c.queue = shrink(c.queue)
 			wake = wake || c.replaying
 			l.takenBy = append(l.takenBy, takenRange{c, start, len(l.taken)})
 		}
@@ -198,6 +221,9 @@ func (l *loop) flush(force bool) {
 			continue
 		}
 		frames := l.taken[r.start:r.end]
+		if c.gc.OutboundBuffered() == 0 {
+			c.unflushed = 0 // everything written before is in the kernel
+		}
 		for len(frames) > 0 && !c.closed {
 			n := min(len(frames), maxIovecs)
 			l.iov = l.iov[:0]
@@ -212,6 +238,9 @@ func (l *loop) flush(force bool) {
 				_, _ = c.gc.Write(l.iov[0])
 			} else {
 				_, _ = c.gc.Writev(l.iov)
+			}
+			if !c.closed {
+				c.noteUnflushed(frames[:n])
 			}
 			sent += n
 			frames = frames[n:]
@@ -285,10 +314,11 @@ func (cl *connList) each(fn func(*conn)) {
 func (l *loop) housekeep(now time.Time, ping bool) {
 	cfg := &l.eng.cfg
 	pingFrame := codec.AppendFrame(l.scratch[:0], codec.OpPing, nil)
+	mono := l.eng.clock()
 	l.conns.each(func(c *conn) {
 		switch {
 		case c.state == stateHandshake:
-			if now.Sub(c.openedAt) > cfg.HandshakeTimeout {
+			if mono-c.openedAt > int64(cfg.HandshakeTimeout) {
 				l.eng.metrics.handshakeRejected.Inc()
 				l.eng.metrics.refuse(refuseHandshakeTime)
 				_ = c.gc.Close()
@@ -296,7 +326,7 @@ func (l *loop) housekeep(now time.Time, ping bool) {
 		case c.state != stateOpen:
 		case c.auth != nil && c.auth.Expired(now):
 			c.closeWith(codec.ReasonTokenExpired, ws.StatusPolicyViolation, "token expired")
-		case now.Sub(c.lastSeen) > cfg.SessionTimeout:
+		case mono-c.lastSeen > int64(cfg.SessionTimeout):
 			c.closeWith(codec.ReasonSessionTimeout, ws.StatusGoingAway, "session timeout")
 		case ping:
 			_, _ = c.gc.Write(pingFrame)

@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -734,7 +735,19 @@ func TestSessionTakeover(t *testing.T) {
 		t.Fatalf("unexpected events %v", extra)
 	}
 	c2 := s.resume(t, c1.sessionID, nil)
-	tail := c1.expectClose(websocket.CloseNormalClosure)
+	var tail []map[string]any
+	for {
+		m, err := c1.tryRead(10 * time.Second)
+		if err != nil {
+			var ce *websocket.CloseError
+			if !errors.As(err, &ce) {
+				t.Fatalf("first connection ended with %v, want a close frame (after %v)", err, tail)
+			}
+			t.Logf("first connection: close frame %d %q", ce.Code, ce.Text)
+			break
+		}
+		tail = append(tail, m)
+	}
 	if len(tail) != 1 || tail[0]["type"] != "closing" || tail[0]["reason"] != "session_taken_over" {
 		t.Fatalf("first connection got %v before its close frame, want one closing/session_taken_over", tail)
 	}
@@ -744,4 +757,46 @@ func TestSessionTakeover(t *testing.T) {
 	c2.subscribe("more", map[string]any{"sources": []string{"elsewhere"}})
 	s.waitMetric(t, `websocket_connections_closed_total{reason="session_taken_over"}`, 1)
 	s.metricEquals(t, "websocket_active_connections", 1)
+}
+
+// ---- the window's memory ----
+
+// TestResumeWindowMemoryWithinBound: the history window is bounded by
+// --history-max-bytes ("memory stays inside the bound", issue 5). 16 MB of
+// 2 KB events go through a server whose window may hold 8 MiB, with no
+// subscriber; the live Go heap the window then holds (the engine runs in
+// this process) must stay within the bound, give or take 40% for the
+// approximation of each entry's size and 1 MiB for the noise of measuring
+// a whole process's heap.
+//
+// Not parallel: the heap of the whole test process is measured.
+func TestResumeWindowMemoryWithinBound(t *testing.T) {
+	const (
+		bound     = 8 << 20
+		eventSize = 2 << 10
+		n         = 2 * bound / eventSize // fills the window, then evicts half of it again
+	)
+	s := startServer(t, func(c *engine.Config) {
+		c.HistorySize = 1 << 20 // the byte bound binds first
+		c.HistoryMaxBytes = bound
+		c.BroadcastCapacity = 512
+	})
+	warm := publishPadded(t, s, 0, 10, eventSize, 10, false) // parsers and pools warmed up
+	s.waitMetric(t, "websocket_events_broadcast_total", float64(len(warm)))
+	base := slowLiveHeap()
+	publishPadded(t, s, 10, n, eventSize, 200, false)
+	s.waitMetric(t, "websocket_events_broadcast_total", float64(10+n))
+	held := slowLiveHeap()
+	growth := int64(held) - int64(base)
+	window := s.metric(t, "flarecast_history_events")
+	if window >= 10+n {
+		t.Fatalf("setup: the window holds all %v events: the byte bound never bound", window)
+	}
+	t.Logf("window: %.0f events of %d B for a %d MiB bound; live heap %.1f MB -> %.1f MB (+%.1f MB, %.0f B per event held)",
+		window, eventSize, bound>>20, slowMB(base), slowMB(held), slowMB(uint64(max(growth, 0))), float64(growth)/window)
+	if limit := int64(bound)*7/5 + 1<<20; growth > limit {
+		t.Errorf("the window holds %.1f MB of live heap, %.1fx --history-max-bytes (%d MiB): the size counted per entry "+
+			"(outFrame.size, engine/frame.go) must cover everything an entry keeps alive (the frame, and the event kept for replay matching)",
+			slowMB(uint64(growth)), float64(growth)/bound, bound>>20)
+	}
 }

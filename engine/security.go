@@ -338,7 +338,7 @@ func (c *conn) allowMessage() bool {
 		burst = max(1, int(math.Ceil(cfg.RateLimit)))
 	}
 	tolerance := interval * int64(burst-1)
-	now := int64(c.lastSeen.Sub(c.openedAt))
+	now := c.lastSeen - c.openedAt
 	tat := max(c.rateTAT, now)
 	if tat-now > tolerance {
 		m := c.eng().metrics

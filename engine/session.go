@@ -3,7 +3,6 @@ package engine
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"time"
 
 	"github.com/flarecast/flarecast/auth"
 	"github.com/flarecast/flarecast/event"
@@ -24,9 +23,8 @@ type session struct {
 	// subscription, and only the same holder may resume it. nil without auth.
 	auth *auth.Claims
 
-	conn       *conn     // the attached connection; nil while detached
-	detachedAt time.Time // when conn went away, for expiry
-	startedAt  time.Time
+	conn       *conn // the attached connection; nil while detached
+	detachedAt int64 // when conn went away (unix ns), for expiry
 
 	// acked is the client's cumulative ack; everAcked tells a client that
 	// acks (resume after its ack) from one that never does (resume after
@@ -44,11 +42,12 @@ type session struct {
 	replayNext uint64
 }
 
-// subscription is one named filter of a session.
+// subscription is one named filter of a session. The filter itself lives
+// in the index only (Index.MatchesOne evaluates it for replays): an idle
+// connection's memory is mostly its subscriptions.
 type subscription struct {
-	id     string
-	filter filterindex.Filter
-	sub    filterindex.SubID
+	id  string
+	sub filterindex.SubID
 	// from: the subscription wants events with a message_id above it (the
 	// moment it was made, or its `since`).
 	from uint64
@@ -69,11 +68,11 @@ func (s *session) find(id string) int {
 
 // replayDecision tells the pump whether event ev (message_id id) is owed to
 // the session: some subscription wants it and none has covered it yet.
-func (s *session) owed(id uint64, ev *event.Event) bool {
+func (s *session) owed(ix *filterindex.Index, id uint64, ev *event.Event) bool {
 	wanted := false
 	for i := range s.subs {
 		sub := &s.subs[i]
-		if id <= sub.from || !sub.filter.Matches(ev) {
+		if id <= sub.from || !ix.MatchesOne(sub.sub, ev) {
 			continue
 		}
 		if id <= sub.covered {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"sort"
+	"unicode/utf8"
 
 	"github.com/bytedance/sonic"
 )
@@ -58,6 +59,12 @@ func parse(line []byte, accepted bool) (*Event, error) {
 	line = bytes.TrimSpace(line)
 	if len(line) == 0 || line[0] != '{' {
 		return nil, invalidf("an event must be a JSON object")
+	}
+	if !utf8.Valid(line) {
+		// Clients must drop a connection on a text frame that is not
+		// UTF-8 (RFC 6455 §8.1): one such event would disconnect every
+		// matching client, again on each resume while it is in history.
+		return nil, invalidf("an event must be valid UTF-8")
 	}
 	var w wireEvent
 	if err := jsonAPI.Unmarshal(line, &w); err != nil {

@@ -629,3 +629,37 @@ func (ix *Index) nextEpoch() {
 	}
 	ix.epoch = 1
 }
+
+// MatchesOne reports whether subscription id alone matches ev, from what the
+// index keeps of it (the reject mask and the values of its postings), without
+// counting. Replays test one session's subscriptions against past events
+// with it, so a session does not keep a copy of every filter.
+func (ix *Index) MatchesOne(id SubID, ev *event.Event) bool {
+	if ix.slots[id].reject&eventBits(ev) != 0 {
+		return false
+	}
+	refs := ix.refs[id]
+	for i := 0; i < len(refs); {
+		p := &ix.postings[refs[i].posting]
+		switch p.field {
+		case fieldMatchAll:
+			i++
+			continue
+		case fieldLabel:
+			if v, ok := ev.Label(p.key.Key); !ok || v != p.key.Value {
+				return false
+			}
+			i++
+			continue
+		}
+		// The refs of one field's values are adjacent: any of them will do.
+		fld, ok := p.field, false
+		for ; i < len(refs) && ix.postings[refs[i].posting].field == fld; i++ {
+			ok = ok || hasValue(ev, fld, ix.postings[refs[i].posting].key.Value)
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}

@@ -3,7 +3,9 @@ package loadtest
 import (
 	"fmt"
 	"image/color"
+	"math"
 	"os"
+	"strconv"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -27,7 +29,7 @@ func latencyChart(r *Result, path string) error {
 		r.Name, intervalText(r))
 	lat.Y.Label.Text = "latency (ms, log scale)"
 	lat.Y.Scale = plot.LogScale{}
-	lat.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	lat.Y.Tick.Marker = logTicks{}
 	lat.Add(plotter.NewGrid())
 	series := []struct {
 		name string
@@ -74,6 +76,7 @@ func latencyChart(r *Result, path string) error {
 	}
 	l.Color, l.Width = chartColors[0], vg.Points(1.5)
 	thr.Add(l)
+	thr.Y.Min = 0
 	lat.X.Min, lat.X.Max = thr.X.Min, thr.X.Max
 
 	return saveStacked(path, []*plot.Plot{lat, thr}, 10*vg.Inch, 8*vg.Inch)
@@ -148,4 +151,28 @@ func intervalText(r *Result) string {
 		return fmt.Sprintf("%.1f s", d)
 	}
 	return "1 s"
+}
+
+// logTicks labels a log axis at 1, 2 and 5 times each power of ten inside
+// the range (gonum's LogTicks labels powers of ten only, which a range
+// such as 40–900 ms does not contain), with unlabelled minor ticks between.
+type logTicks struct{}
+
+func (logTicks) Ticks(lo, hi float64) []plot.Tick {
+	var ticks []plot.Tick
+	for d := math.Floor(math.Log10(lo)); d <= math.Ceil(math.Log10(hi)); d++ {
+		p := math.Pow(10, d)
+		for m := 1; m < 10; m++ {
+			v := float64(m) * p
+			if v < lo || v > hi {
+				continue
+			}
+			t := plot.Tick{Value: v}
+			if m == 1 || m == 2 || m == 5 {
+				t.Label = strconv.FormatFloat(v, 'g', 4, 64)
+			}
+			ticks = append(ticks, t)
+		}
+	}
+	return ticks
 }

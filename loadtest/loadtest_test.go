@@ -3,6 +3,7 @@ package loadtest
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -10,26 +11,51 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
 
-// serverBinary builds cmd/flarecast into the test's temporary directory.
+// serverBinary builds cmd/flarecast once for the package's tests.
 // FLARECAST_LOADTEST_SERVER_BIN names a prebuilt binary to use instead.
 func serverBinary(t *testing.T) string {
 	t.Helper()
 	if bin := os.Getenv("FLARECAST_LOADTEST_SERVER_BIN"); bin != "" {
 		return bin
 	}
-	bin := filepath.Join(t.TempDir(), "flarecast")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/flarecast")
-	_, file, _, _ := runtime.Caller(0)
-	cmd.Dir = filepath.Join(filepath.Dir(file), "..")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/flarecast: %v\n%s", err, out)
+	build.Do(func() {
+		_, file, _, _ := runtime.Caller(0)
+		cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, "flarecast"), "./cmd/flarecast")
+		cmd.Dir = filepath.Join(filepath.Dir(file), "..")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			build.err = fmt.Errorf("go build ./cmd/flarecast: %v\n%s", err, out)
+		}
+	})
+	if build.err != nil {
+		t.Fatal(build.err)
 	}
-	return bin
+	return filepath.Join(buildDir, "flarecast")
+}
+
+var (
+	buildDir string
+	build    struct {
+		sync.Once
+		err error
+	}
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "flarecast-loadtest-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	buildDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // TestSmokeAgainstRealServer runs a small bounded scenario against a real
@@ -243,5 +269,36 @@ func TestFindListenerPID(t *testing.T) {
 	pid, err := findListenerPID(ln.Addr().(*net.TCPAddr).Port)
 	if err != nil || pid != os.Getpid() {
 		t.Errorf("findListenerPID = %d, %v; want %d", pid, err, os.Getpid())
+	}
+}
+
+// TestPlainFramesAndHeartbeats runs without permessage-deflate against a
+// server that pings every 100 ms: events arrive as plain frames, and the
+// client answers the pings between them without losing a delivery.
+func TestPlainFramesAndHeartbeats(t *testing.T) {
+	cfg, err := Preset("smoke")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Spawn, cfg.ServerBin, cfg.Out = true, serverBinary(t), ""
+	cfg.Conns, cfg.Rate, cfg.Match, cfg.Duration, cfg.Settle = 100, 100, 0, time.Second, 300*time.Millisecond
+	cfg.Compression = false
+	cfg.ServerArgs = []string{"--heartbeat-interval", "100ms"}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := Run(ctx, cfg, io.Discard)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	c, d := res.Connections, res.Deliveries
+	if c.Held != 100 || c.Deflate != 0 || c.Dropped != 0 {
+		t.Errorf("connections: held %d, deflate %d, dropped %d (%v)", c.Held, c.Deflate, c.Dropped, c.DroppedReasons)
+	}
+	// Match 0: every event reaches all 100 connections.
+	if want := res.Events.Accepted * 100; d.Expected != want || d.Received != want || d.Lost != 0 || d.Duplicates != 0 {
+		t.Errorf("deliveries %+v; want %d received", d, want)
+	}
+	if !res.OK {
+		t.Errorf("result not OK: %v", res.Warnings)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/flarecast/flarecast/engine"
@@ -51,6 +52,13 @@ func serve(args []string) error {
 		return err
 	}
 
+	if _, set := os.LookupEnv("GOGC"); !set {
+		// Idle connections are this server's steady state: a tighter GC
+		// target keeps the garbage of connection bursts (handshakes,
+		// decoded subscribes) from settling into RSS. Measured with the
+		// load tester's density preset: 1.56 → 1.48 KiB per connection.
+		debug.SetGCPercent(50)
+	}
 	eng, err := engine.New(cfg)
 	if err != nil {
 		return usageError(err.Error())
