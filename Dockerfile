@@ -11,7 +11,8 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o /out/flarecast ./cmd/fl
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/flarecast /usr/local/bin/flarecast
 # The nonroot user owns its home; the ingest socket lives there (mount a
-# volume at /home/nonroot/run to share it with a producer container).
+# volume at /home/nonroot to share it with a producer container: a new
+# volume takes the image's ownership of that directory).
 WORKDIR /home/nonroot
 USER nonroot:nonroot
 EXPOSE 8080 9090

@@ -45,6 +45,7 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./bench/
+	$(GO) test -run '^$$' -bench Pipeline -benchmem ./engine/
 
 clean:
 	rm -rf $(BIN)

@@ -28,8 +28,19 @@ import (
 // stream entry id is "<message_id>-0", which lets XREAD/XRANGE address
 // events by message_id directly. MAXLEN ~ keeps the stream near the
 // history size without the cost of exact trimming.
+//
+// ARGV[4] is the highest id the appending instance has seen: should Redis
+// lose its data (no persistence, a failover to a lagging replica), the
+// counter restarts below what the fleet has read, and instances tailing
+// from their last id would silently skip the new events. The floor keeps
+// new ids above what this instance has seen.
 var appendScript = redis.NewScript(`
 local id = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[4])
+if id <= floor then
+  id = floor + 1
+  redis.call('SET', KEYS[2], id)
+end
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], id .. '-0', 'e', ARGV[1], 't', ARGV[2])
 return id
 `)
@@ -92,6 +103,9 @@ func NewRedis(rawURL string, maxLen int) (*Redis, error) {
 	}
 	opts.MaxRetries = 1
 	opts.DialTimeout = 2 * time.Second
+	// Fail fast while Redis is away: producers hear UNAVAILABLE at once
+	// rather than after go-redis's default five dial attempts.
+	opts.DialerRetries = 1
 	if maxLen <= 0 {
 		maxLen = 100000
 	}
@@ -119,7 +133,7 @@ func (r *Redis) Newest() uint64 { return r.newest.Load() }
 // Redis has acknowledged it: an error means the event was not accepted.
 func (r *Redis) Append(ctx context.Context, data []byte, accepted time.Time) (uint64, error) {
 	res, err := appendScript.Run(ctx, r.client, []string{r.stream, r.counter},
-		data, accepted.UnixNano(), r.maxLen).Uint64()
+		data, accepted.UnixNano(), r.maxLen, r.newest.Load()).Uint64()
 	if err != nil {
 		r.up.Store(false)
 		return 0, fmt.Errorf("append to redis stream %s: %w", r.stream, err)
@@ -127,6 +141,42 @@ func (r *Redis) Append(ctx context.Context, data []byte, accepted time.Time) (ui
 	r.up.Store(true)
 	storeMax(&r.newest, res)
 	return res, nil
+}
+
+// AppendBatch appends the entries with a Data (others are skipped) in one
+// pipelined round trip, in order, setting each one's ID or errs[i].
+func (r *Redis) AppendBatch(ctx context.Context, entries []Entry, errs []error) {
+	cmds := make([]*redis.Cmd, len(entries))
+	_, _ = r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		floor := r.newest.Load()
+		for i, e := range entries {
+			if e.Data != nil {
+				// EVAL, not EVALSHA: a pipeline cannot fall back on
+				// NOSCRIPT, and Redis caches the compiled script anyway.
+				cmds[i] = appendScript.Eval(ctx, p, []string{r.stream, r.counter},
+					e.Data, e.Accepted.UnixNano(), r.maxLen, floor)
+			}
+		}
+		return nil
+	})
+	ok, tried := false, false
+	for i, cmd := range cmds {
+		if cmd == nil {
+			continue
+		}
+		tried = true
+		id, err := cmd.Uint64()
+		if err != nil {
+			errs[i] = fmt.Errorf("append to redis stream %s: %w", r.stream, err)
+			continue
+		}
+		entries[i].ID = id
+		storeMax(&r.newest, id)
+		ok = true
+	}
+	if tried {
+		r.up.Store(ok)
+	}
 }
 
 // Tail reads the stream from the entry after message_id `after`, in order,

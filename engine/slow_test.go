@@ -21,9 +21,9 @@ import (
 // Slow consumers (issue 5): a client that stops reading is disconnected
 // once its queue reaches --max-pending-messages, the server's memory stays
 // bounded meanwhile, and the client loses nothing still in the window when
-// it resumes. The clients use a 4 KB receive buffer (smallBufferDialer) so
-// that a stalled client backs the server up after a few hundred events
-// instead of the megabytes Linux's autotuned buffers would absorb.
+// it resumes. The stalled clients use a 4 KB receive buffer
+// (smallBufferDialer), so that their side holds next to nothing; the
+// server's send buffer still grows to a few MB before frames stay queued.
 
 // paddedLine is an incident_updated event of about size bytes, numbered n.
 func paddedLine(n, size int) []byte {
@@ -121,6 +121,12 @@ func isReadTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
+// slowN events of slowSize bytes (10 MB) are published to the stalled
+// subscriber of the resume tests: about a third of it fills the socket
+// buffers (the kernel lets the send buffer grow to a few MB even though the
+// client's receive buffer is small) before frames queue in the server.
+const slowN, slowSize = 2500, 4 << 10
+
 // stalledSubscriber dials with a small receive buffer, subscribes to
 // everything, reads 10 events, and acks the last of them when ack is set.
 // It returns the client and the 10 events' ids.
@@ -139,7 +145,7 @@ func stalledSubscriber(t testing.TB, s *testServer, ack bool) (*client, []uint64
 }
 
 // TestSlowConsumerResumesWithAcks: a client acks 10 events, then stops
-// reading while 3,000 events of 1 KB are published. The server disconnects
+// reading while 2,500 events of 4 KB are published. The server disconnects
 // it as a slow consumer; the client reads what had reached it; resuming
 // with its session id it gets every event after its ack (the window holds
 // them all), in order, once, then live ones.
@@ -147,7 +153,7 @@ func TestSlowConsumerResumesWithAcks(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, func(c *engine.Config) { c.MaxPendingMessages = 200 })
 	c, _ := stalledSubscriber(t, s, true)
-	ids := publishUntilSlow(t, s, 10, 3000, 1024)
+	ids := publishUntilSlow(t, s, 10, slowN, slowSize)
 	s.waitMetric(t, "websocket_slow_consumer_disconnects_total", 1)
 	s.waitMetric(t, `websocket_connections_closed_total{reason="slow_consumer"}`, 1)
 
@@ -156,7 +162,7 @@ func TestSlowConsumerResumesWithAcks(t *testing.T) {
 		t.Fatalf("what reached the slow consumer is not a prefix of the stream: %s", idDiff(drained, ids[:len(drained)]))
 	}
 	c2 := s.resume(t, c.sessionID, nil)
-	live := publishPadded(t, s, 3010, 5, 1024, 5, false)
+	live := publishPadded(t, s, 10+slowN, 5, slowSize, 5, false)
 	want := append(slices.Clone(ids), live...)
 	got := c2.idsThrough(want[len(want)-1])
 	if !sameIDs(got, want) {
@@ -176,11 +182,11 @@ func TestSlowConsumerWithoutAcksLosesNothing(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, func(c *engine.Config) { c.MaxPendingMessages = 200 })
 	c, first := stalledSubscriber(t, s, false)
-	ids := publishUntilSlow(t, s, 10, 3000, 1024)
+	ids := publishUntilSlow(t, s, 10, slowN, slowSize)
 	s.waitMetric(t, "websocket_slow_consumer_disconnects_total", 1)
 	drained, _ := c.drainUntilClosed()
 	c2 := s.resume(t, c.sessionID, nil)
-	live := publishPadded(t, s, 3010, 5, 1024, 5, false)
+	live := publishPadded(t, s, 10+slowN, 5, slowSize, 5, false)
 	all := append(append(slices.Clone(first), ids...), live...)
 	after := c2.idsThrough(all[len(all)-1])
 

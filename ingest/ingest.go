@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -21,19 +22,23 @@ import (
 	"github.com/flarecast/flarecast/event"
 )
 
-// Publisher is where lines go: the engine, whose PublishJSON is the one
-// path from raw JSON to an accepted event for the socket and for programs
-// that embed flarecast alike.
+// Publisher is where lines go: the engine, whose PublishJSONBatch is the
+// one path for events from the socket and from an embedding program.
 type Publisher interface {
-	// PublishJSON validates one event line (without its newline) and
-	// returns its message_id, waiting while the server is saturated. An
-	// invalid line returns an *event.Error and is counted as rejected; any
-	// other error means the event was not accepted.
-	PublishJSON(ctx context.Context, line []byte) (uint64, error)
-	// Rejected counts a line refused before it reached PublishJSON: one
-	// longer than MaxLineSize, which is never held in memory whole.
+	// PublishJSONBatch validates event lines (without their newlines) and
+	// publishes the valid ones, in order, setting ids[i] or errs[i] for
+	// each: an *event.Error for an invalid line (counted as rejected), any
+	// other error for an event that was not accepted. It waits while the
+	// server is saturated. A batch lets a fleet append many events to its
+	// broker in one round trip.
+	PublishJSONBatch(ctx context.Context, lines [][]byte, ids []uint64, errs []error)
+	// Rejected counts a line refused before it reached PublishJSONBatch:
+	// one longer than MaxLineSize, which is never held in memory whole.
 	Rejected()
 }
+
+// maxBatch bounds the lines handed to the publisher at once.
+const maxBatch = 256
 
 // Listen opens the ingest socket at path with mode 0660. A socket file left
 // by a crashed server is replaced; one a live server still answers on is
@@ -119,12 +124,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 }
 
-// serveConn reads lines and answers each. Replies are flushed when no more
-// input is already buffered, so a pipelining producer gets them in batches.
+// serveConn reads lines and answers each, in order. The lines a producer
+// has already sent (what the reader holds) are published as one batch, and
+// their replies flushed together, so a pipelining producer costs one
+// publisher call and one write per batch.
 func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	r := bufio.NewReaderSize(c, min(s.MaxLineSize+1, 64<<10))
 	w := bufio.NewWriterSize(c, 16<<10)
-	var reply []byte
+	var b batch
 	// A line longer than the reader's buffer arrives in pieces: it is
 	// assembled in long while it fits MaxLineSize, and only measured after.
 	var long []byte
@@ -141,11 +148,14 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 			continue
 		}
 		if err != nil {
-			// EOF or a broken connection: a partial last line is not an event.
+			// EOF or a broken connection: a partial last line is not an
+			// event; the complete ones before it are answered.
 			if !errors.Is(err, io.EOF) && ctx.Err() == nil && s.Logger != nil {
 				s.Logger.Debug("producer connection ended", "err", err)
 			}
-			_ = w.Flush()
+			if s.answer(ctx, w, &b) == nil {
+				_ = w.Flush()
+			}
 			return
 		}
 		if longLen > 0 {
@@ -153,15 +163,12 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 			longLen += len(line) - len(long)
 			long = nil
 		}
-		if size := max(longLen, len(line)) - 1; size > s.MaxLineSize {
-			s.Publisher.Rejected()
-			reply = codec.AppendIngestError(reply[:0], codec.CodeInvalidEvent,
-				fmt.Sprintf("line of %d bytes exceeds max-message-size (%d)", size, s.MaxLineSize))
-		} else {
-			reply = s.handle(ctx, reply[:0], line)
-		}
+		b.add(trimEOL(line), max(longLen, len(line))-1, s.MaxLineSize)
 		longLen = 0
-		if _, err := w.Write(reply); err != nil {
+		if r.Buffered() > 0 && len(b.lines) < maxBatch {
+			continue // more lines are already here: take them along
+		}
+		if err := s.answer(ctx, w, &b); err != nil {
 			return
 		}
 		if r.Buffered() == 0 {
@@ -172,12 +179,79 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	}
 }
 
-func (s *Server) handle(ctx context.Context, dst, line []byte) []byte {
+// batch is the lines read but not yet answered, copied out of the reader's
+// buffer (ReadSlice reuses it).
+type batch struct {
+	arena   []byte
+	bounds  []int    // end of each line in arena
+	tooLong []int    // the size of a line refused unread, or 0
+	lines   [][]byte // the lines passed to the publisher
+	ids     []uint64
+	errs    []error
+	reply   []byte
+}
+
+func (b *batch) add(line []byte, size, max int) {
+	if size > max {
+		line = nil
+	} else {
+		size = 0
+	}
+	b.arena = append(b.arena, line...)
+	b.bounds = append(b.bounds, len(b.arena))
+	b.tooLong = append(b.tooLong, size)
+	b.lines = append(b.lines, nil)
+}
+
+// answer publishes the batch and writes one reply per line, in order.
+func (s *Server) answer(ctx context.Context, w *bufio.Writer, b *batch) error {
+	if len(b.lines) == 0 {
+		return nil
+	}
+	start := 0
+	valid := b.lines[:0]
+	for i, end := range b.bounds {
+		if b.tooLong[i] == 0 {
+			valid = append(valid, b.arena[start:end])
+		}
+		start = end
+	}
+	n := len(valid)
+	b.ids = slices.Grow(b.ids[:0], n)[:n]
+	b.errs = slices.Grow(b.errs[:0], n)[:n]
+	if n > 0 {
+		s.Publisher.PublishJSONBatch(ctx, valid, b.ids, b.errs)
+	}
+	j := 0
+	var err error
+	for _, size := range b.tooLong {
+		if size > 0 {
+			s.Publisher.Rejected()
+			b.reply = codec.AppendIngestError(b.reply[:0], codec.CodeInvalidEvent,
+				fmt.Sprintf("line of %d bytes exceeds max-message-size (%d)", size, s.MaxLineSize))
+		} else {
+			b.reply = appendReply(b.reply[:0], b.ids[j], b.errs[j])
+			j++
+		}
+		if _, werr := w.Write(b.reply); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	clear(b.lines[:cap(b.lines)])
+	clear(b.errs)
+	b.arena, b.bounds, b.tooLong, b.lines = b.arena[:0], b.bounds[:0], b.tooLong[:0], b.lines[:0]
+	return err
+}
+
+func trimEOL(line []byte) []byte {
 	line = line[:len(line)-1] // the newline
 	if n := len(line); n > 0 && line[n-1] == '\r' {
 		line = line[:n-1]
 	}
-	id, err := s.Publisher.PublishJSON(ctx, line)
+	return line
+}
+
+func appendReply(dst []byte, id uint64, err error) []byte {
 	if err != nil {
 		if perr, ok := errors.AsType[*event.Error](err); ok {
 			return codec.AppendIngestError(dst, codec.CodeInvalidEvent, perr.Message)

@@ -164,8 +164,10 @@ func TestLineFraming(t *testing.T) {
 // while it stops.
 type refusing struct{}
 
-func (refusing) PublishJSON(context.Context, []byte) (uint64, error) {
-	return 0, engine.ErrStopped
+func (refusing) PublishJSONBatch(_ context.Context, lines [][]byte, _ []uint64, errs []error) {
+	for i := range lines {
+		errs[i] = engine.ErrStopped
+	}
 }
 func (refusing) Rejected() {}
 
