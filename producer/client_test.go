@@ -80,8 +80,12 @@ func TestPublishAcceptedAndRefused(t *testing.T) {
 // real engine does only in the instant it is shutting down.
 type stubPublisher struct{ err error }
 
-func (p stubPublisher) PublishJSON(context.Context, []byte) (uint64, error) { return 0, p.err }
-func (p stubPublisher) Rejected()                                           {}
+func (p stubPublisher) PublishJSONBatch(_ context.Context, lines [][]byte, _ []uint64, errs []error) {
+	for i := range lines {
+		errs[i] = p.err
+	}
+}
+func (p stubPublisher) Rejected() {}
 
 func TestUnavailableReply(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ingest.sock")
