@@ -90,7 +90,8 @@ func churnFilter(i int) []byte {
 //
 // Under the race detector, which slows the engine tenfold, it runs 20,000
 // cycles, so that `make test` stays within its budget; `go test -run
-// TestChurn ./engine/` without -race runs the full 100,000.
+// TestChurn ./engine/` without -race runs the full 100,000, and
+// FLARECAST_CHURN_CYCLES sets another count for a longer run by hand.
 func TestChurn(t *testing.T) {
 	if testing.Short() {
 		t.Skip("100,000 connections")

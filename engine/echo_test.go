@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"net/http"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -231,5 +233,39 @@ func TestEchoOffByDefault(t *testing.T) {
 	_, resp, err := gorilla.DefaultDialer.Dial(strings.Replace(s.wsURL, "/ws", "/echo", 1), nil)
 	if err == nil || resp == nil || resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("dial /echo without --echo-path: %v (response %v), want 404", err, resp)
+	}
+}
+
+// TestEchoNodeWS drives the echo endpoint with the Node.js ws package,
+// with and without permessage-deflate.
+func TestEchoNodeWS(t *testing.T) {
+	node := requireNodeWS(t)
+	for _, deflate := range []string{"false", "true"} {
+		t.Run("deflate="+deflate, func(t *testing.T) {
+			s := startEchoServer(t, true)
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, node, "echo.js", s.echoURL(), deflate)
+			cmd.Dir = nodeClientDir
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("node echo.js: %v\n%s", err, out)
+			}
+			var res struct {
+				OK         bool   `json:"ok"`
+				Message    string `json:"message"`
+				Extensions string `json:"extensions"`
+				Checked    int    `json:"checked"`
+			}
+			if err := json.Unmarshal(bytes.TrimSpace(out), &res); err != nil {
+				t.Fatalf("node output %q: %v", out, err)
+			}
+			if !res.OK || res.Checked != 14 {
+				t.Fatalf("node ws echo: %+v", res)
+			}
+			if got := strings.Contains(res.Extensions, "permessage-deflate"); got != (deflate == "true") {
+				t.Fatalf("negotiated %q with deflate=%s", res.Extensions, deflate)
+			}
+		})
 	}
 }
