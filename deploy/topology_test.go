@@ -122,7 +122,12 @@ func TestComposeTopology(t *testing.T) {
 		}
 	}
 	for name, c := range clients {
-		if got := c.events(t, len(ids)); !slices.Equal(got, ids) {
+		// The file mixes priorities, and critical and high events may
+		// overtake normal ones queued for the same client: compare the
+		// sets (the engine's own tests check the order within a priority).
+		got := c.events(t, len(ids))
+		slices.Sort(got)
+		if !slices.Equal(got, ids) {
 			t.Fatalf("client %s got message_ids %v, want %v", name, got, ids)
 		}
 	}

@@ -204,6 +204,11 @@ func (c *conn) handshake(buf []byte) int {
 		return len(req)
 	}
 	_, _ = c.gc.Write(hs.out.Bytes())
+	if c.closed {
+		// The write failed (the client reset) and gnet ran OnClose
+		// already, before the connection counted as upgraded.
+		return len(req)
+	}
 	_, c.deflate = hs.deflate.Accepted()
 	c.state, c.upgraded = stateOpen, true
 	m := c.eng().metrics

@@ -601,7 +601,7 @@ func TestFaultSlowlorisUpgrade(t *testing.T) {
 		switch {
 		case errors.As(r.err, &ne) && ne.Timeout():
 			t.Fatalf("a trickling handshake was still open after %v (%d bytes sent)", r.elapsed, r.sent)
-		case r.err != nil && !errors.Is(r.err, io.EOF) && !errors.Is(r.err, net.ErrClosed) && !isReset(r.err):
+		case r.err != nil && !errors.Is(r.err, io.EOF) && !errors.Is(r.err, net.ErrClosed) && !isConnReset(r.err):
 			t.Fatalf("slowloris connection: %v", r.err)
 		case len(r.got) != 0:
 			t.Fatalf("the server answered a trickling handshake with %q; it should just close", r.got)
@@ -651,7 +651,7 @@ func TestFaultResetDuringUpgrade(t *testing.T) {
 	faultProbe(t, s)
 }
 
-func isReset(err error) bool {
+func isConnReset(err error) bool {
 	return err != nil && (strings.Contains(err.Error(), "connection reset") || strings.Contains(err.Error(), "broken pipe"))
 }
 
@@ -798,10 +798,10 @@ func TestFaultFloodConnectDisconnect(t *testing.T) {
 	})
 }
 
-// garbage writes size pseudo-random bytes to c in 64 KiB chunks (one
+// writeGarbage writes size pseudo-random bytes to c in 64 KiB chunks (one
 // buffer, refilled) after prefix, and returns how many it wrote before the
 // first error.
-func garbage(c net.Conn, prefix []byte, size int64, seed uint64) (int64, error) {
+func writeGarbage(c net.Conn, prefix []byte, size int64, seed uint64) (int64, error) {
 	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	buf := make([]byte, 64<<10)
 	var sent int64
@@ -867,7 +867,7 @@ func TestFaultGarbage100MB(t *testing.T) {
 			}
 			done := make(chan sendResult, 1)
 			go func() {
-				n, err := garbage(c, tc.prefix, size, uint64(i+1))
+				n, err := writeGarbage(c, tc.prefix, size, uint64(i+1))
 				done <- sendResult{n, err}
 			}()
 			if tc.upgrade {

@@ -271,7 +271,7 @@ func (l *loop) flush(force bool) {
 // shrink lets a queue that grew large during a burst go back to the GC, so
 // an idle connection does not keep the capacity of its busiest moment.
 func shrink(q []*outFrame) []*outFrame {
-	if cap(q) > 64 {
+	if cap(q) > dispatchBatch { // a busy connection keeps one batch's worth
 		return nil
 	}
 	return q[:0]

@@ -6,6 +6,7 @@ package ingest
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -165,13 +166,14 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		}
 		b.add(trimEOL(line), max(longLen, len(line))-1, s.MaxLineSize)
 		longLen = 0
-		if r.Buffered() > 0 && len(b.lines) < maxBatch {
+		more := lineBuffered(r)
+		if more && len(b.lines) < maxBatch {
 			continue // more lines are already here: take them along
 		}
 		if err := s.answer(ctx, w, &b); err != nil {
 			return
 		}
-		if r.Buffered() == 0 {
+		if !more {
 			if err := w.Flush(); err != nil {
 				return
 			}
@@ -241,6 +243,13 @@ func (s *Server) answer(ctx context.Context, w *bufio.Writer, b *batch) error {
 	clear(b.errs)
 	b.arena, b.bounds, b.tooLong, b.lines = b.arena[:0], b.bounds[:0], b.tooLong[:0], b.lines[:0]
 	return err
+}
+
+// lineBuffered reports whether the reader already holds a whole next line:
+// a partial one must not hold back the replies to the lines before it.
+func lineBuffered(r *bufio.Reader) bool {
+	buffered, _ := r.Peek(r.Buffered())
+	return bytes.IndexByte(buffered, '\n') >= 0
 }
 
 func trimEOL(line []byte) []byte {

@@ -10,7 +10,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/httphead"
@@ -56,6 +58,33 @@ type client struct {
 	unexpected int64 // events of another group: a filter the server got wrong
 	malformed  int64
 	closeNote  string // why the connection ended early, if it did
+
+	// The chaos and soak scenarios: a client is a session that outlives its
+	// connections (see chaos.go). mu orders the connection's replacement,
+	// acks and kills; the fields below it are the reader goroutine's.
+	mu         sync.Mutex
+	ended      bool        // the run closed the client: open no connection
+	killed     atomic.Bool // the chaos controller ended this connection on purpose
+	clean      bool        // ...with a close frame (churn): start a new session
+	sessionID  string
+	maxID      uint64 // highest message_id received (all events are normal priority: in order)
+	acked      uint64 // last ack sent
+	ackedAt    time.Time
+	// recentAcks are the acks sent less than ackTaken ago; sureAck is the
+	// highest one older: the server surely took it (see chaos.go).
+	recentAcks []sentAck
+	sureAck    uint64
+	killedAt   time.Time
+	sinceAck   int
+	reconnects int
+	// After a reconnect, a duplicate with a message_id in (replayFloor,
+	// replayTop] is an allowed replay: received before the drop but after
+	// the last ack. Any other duplicate is a bug.
+	replayFloor, replayTop uint64
+	replayDups             int64
+	ackBuf                 []byte
+	connMaxID              uint64 // highest message_id on the current connection
+	outOfOrder             int64  // events below connMaxID: the server broke its order
 }
 
 // deflateOffer asks for permessage-deflate with no context takeover either
@@ -80,7 +109,18 @@ func (c *client) connect(ctx context.Context, d *ws.Dialer, url string, timeout 
 	if err != nil {
 		return err
 	}
-	c.conn = conn
+	c.mu.Lock()
+	ended := c.ended
+	if !ended {
+		c.conn = conn
+		c.killed.Store(false)
+		c.connMaxID = 0
+	}
+	c.mu.Unlock()
+	if ended {
+		conn.Close()
+		return errors.New("the run is over")
+	}
 	for _, ext := range hs.Extensions {
 		if string(ext.Name) == "permessage-deflate" {
 			c.deflate = true
@@ -99,17 +139,49 @@ func (c *client) connect(ctx context.Context, d *ws.Dialer, url string, timeout 
 		conn.Close()
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	if err := c.await(typeWelcome); err != nil {
+	welcome, err := c.await(typeWelcome)
+	if err != nil {
 		return fail("welcome", err)
 	}
-	if err := c.write(ws.OpText, subscribeMessage(c.kind, c.group)); err != nil {
+	resuming := c.sessionID != ""
+	resumed := bytes.Contains(welcome, resumedTrue)
+	if id, ok := stringAfter(welcome, keySessionID); ok {
+		c.sessionID = string(id)
+	}
+	if resumed {
+		// The subscription is kept and the replay follows at once.
+		_ = conn.SetDeadline(time.Time{})
+		return nil
+	}
+	sub := subscribeMessage(c.kind, c.group)
+	if resuming {
+		// A new session in place of an old one: backfill what the
+		// session did not process.
+		sub = append(sub[:len(sub)-1], `,"since":`...)
+		sub = append(strconv.AppendUint(sub, c.maxID, 10), '}')
+	}
+	if err := c.write(ws.OpText, sub); err != nil {
 		return fail("send subscribe", err)
 	}
-	if err := c.await(typeSubscribed); err != nil {
+	if _, err := c.await(typeSubscribed); err != nil {
 		return fail("subscribed", err)
 	}
 	_ = conn.SetDeadline(time.Time{})
 	return nil
+}
+
+// stringAfter returns the JSON string value following key.
+func stringAfter(msg, key []byte) ([]byte, bool) {
+	i := bytes.Index(msg, key)
+	if i < 0 {
+		return nil, false
+	}
+	rest := msg[i+len(key):]
+	j := bytes.IndexByte(rest, '"')
+	if j < 0 {
+		return nil, false
+	}
+	return rest[:j], true
 }
 
 func peekAll(br *bufio.Reader) []byte {
@@ -132,23 +204,24 @@ func (p *prefixed) Read(b []byte) (int, error) {
 	return p.r.Read(b)
 }
 
-// await reads messages until one of type want; an error or closing fails.
-func (c *client) await(want []byte) error {
+// await reads messages until one of type want and returns it (valid until
+// the next read); an error or closing fails.
+func (c *client) await(want []byte) ([]byte, error) {
 	for {
 		msg, compressed, err := c.next()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if compressed {
 			if msg, err = inflate(nil, msg); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		switch {
 		case bytes.Contains(msg, want):
-			return nil
+			return msg, nil
 		case bytes.Contains(msg, typeError), bytes.Contains(msg, typeClosing):
-			return fmt.Errorf("server said %s", truncate(msg, 200))
+			return nil, fmt.Errorf("server said %s", truncate(msg, 200))
 		}
 	}
 }
@@ -160,6 +233,9 @@ func (c *client) readLoop(r *runner) {
 	for {
 		msg, compressed, err := c.next()
 		if err != nil {
+			if c.killed.Load() {
+				return // the chaos controller's doing: the session goes on
+			}
 			if !r.closing.Load() {
 				if c.closeNote == "" {
 					c.closeNote = err.Error()
@@ -188,6 +264,9 @@ func (c *client) readLoop(r *runner) {
 			msg = plain
 		}
 		if !ev.event {
+			if bytes.Contains(msg, codeHistoryGap) {
+				r.historyGaps.Add(1)
+			}
 			if bytes.Contains(msg, typeClosing) && !r.closing.Load() {
 				c.closeNote = "closing: " + string(truncate(msg, 120))
 			}
@@ -201,8 +280,20 @@ func (c *client) readLoop(r *runner) {
 			c.unexpected++
 			continue
 		}
-		if c.got.set(ev.seq / uint64(r.groups)) {
-			c.dups++
+		dup := c.got.set(ev.seq / uint64(r.groups))
+		if r.chaotic {
+			if ev.id <= c.connMaxID {
+				c.outOfOrder++
+			}
+			c.connMaxID = max(c.connMaxID, ev.id)
+			c.acknowledge(r, ev.id, now)
+		}
+		if dup {
+			if c.reconnects > 0 && ev.id > c.replayFloor && ev.id <= c.replayTop {
+				c.replayDups++
+			} else {
+				c.dups++
+			}
 			continue
 		}
 		r.lat.record(c.id, (now-ev.sent)/1000)
@@ -215,6 +306,7 @@ type decoded struct {
 	ok    bool // with the load tester's seq and send time
 	seq   uint64
 	sent  int64
+	id    uint64 // message_id
 }
 
 func decode(msg []byte) decoded {
@@ -222,7 +314,8 @@ func decode(msg []byte) decoded {
 		return decoded{}
 	}
 	seq, sent, ok := parseEvent(msg)
-	return decoded{event: true, ok: ok, seq: seq, sent: sent}
+	id, _ := uintAfter(msg, keyMessageID)
+	return decoded{event: true, ok: ok, seq: seq, sent: sent, id: id}
 }
 
 // errClosed carries the server's close frame.

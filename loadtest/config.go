@@ -95,6 +95,20 @@ type Config struct {
 	ServerCPUProfile     string
 	ServerProfileSeconds int
 
+	// DropRate is the fraction of the clients per second whose connection
+	// is reset (TCP RST) while events are published; each resumes its
+	// session after a random pause of up to 500 ms. With DropRate or
+	// ChurnRate set, clients ack what they received (chaos.go).
+	DropRate float64
+	// ChurnRate is the fraction of the clients per second whose connection
+	// closes cleanly and is replaced by a new session that subscribes with
+	// since = the last message_id processed.
+	ChurnRate float64
+	// CheckMemoryFlat samples the server's RSS and Go heap every
+	// ProgressInterval while events are published and fails the run unless
+	// memory is flat (see Flatness).
+	CheckMemoryFlat bool
+
 	// Out is the directory the JSON result and charts are written to ("" writes none).
 	Out string
 	// ProgressInterval is how often the live progress line and the
@@ -103,7 +117,7 @@ type Config struct {
 }
 
 // Scenarios lists the presets, in documentation order.
-var Scenarios = []string{"density", "seed", "fanout", "broadcast", "smoke"}
+var Scenarios = []string{"density", "seed", "fanout", "broadcast", "smoke", "chaos", "soak"}
 
 // Preset returns the configuration of a named scenario:
 //
@@ -112,6 +126,11 @@ var Scenarios = []string{"density", "seed", "fanout", "broadcast", "smoke"}
 //	fanout     10,000 connections, each event matching 1,000 (100 events/s: 100,000 deliveries/s)
 //	broadcast  10,000 connections all matching every event, 10 events/s
 //	smoke      200 connections, 200 events/s matching 10 each, 2 s (CI)
+//	chaos      2,000 connections, 500 events/s matching 10, 60 s; 2% of the
+//	           connections per second reset and resume their session
+//	soak       2,000 connections, 500 events/s matching 10, 10 min; 1%/s reset
+//	           and resume, 1%/s close cleanly and reopen; memory must stay flat
+//	           (a spawned server keeps sessions 10 s and 5,000 events)
 func Preset(name string) (Config, error) {
 	c := Config{
 		Scenario:             name,
@@ -147,6 +166,18 @@ func Preset(name string) (Config, error) {
 	case "smoke":
 		c.Conns, c.Rate, c.Match, c.Duration = 200, 200, 10, 2*time.Second
 		c.Settle = 500 * time.Millisecond
+	case "chaos":
+		c.Conns, c.Rate, c.Match, c.Duration = 2000, 500, 10, 60*time.Second
+		c.DropRate = 0.02
+	case "soak":
+		c.Conns, c.Rate, c.Match, c.Duration = 2000, 500, 10, 10*time.Minute
+		c.DropRate, c.ChurnRate, c.CheckMemoryFlat = 0.01, 0.01, true
+		// A spawned server keeps detached sessions 10 s and 5,000 events
+		// (10 s at 500/s) instead of 5 min and 100,000: what it holds
+		// reaches its steady state within the first quarter of a 60 s
+		// run, so growth after that is a leak, not a filling window.
+		// Resumes come within a second, well inside both.
+		c.ServerArgs = []string{"--session-timeout=10s", "--cleanup-interval=2s", "--history-size=5000"}
 	default:
 		return Config{}, fmt.Errorf("unknown scenario %q (want one of %s)", name, strings.Join(Scenarios, ", "))
 	}
@@ -168,7 +199,9 @@ func ParseArgs(args []string, out io.Writer) (Config, error) {
 			"  seed       15,000 connections, 10,000 events/s, each event matching 10\n"+
 			"  fanout     10,000 connections, 100 events/s, each event matching 1,000\n"+
 			"  broadcast  10,000 connections, 10 events/s, every event matching all\n"+
-			"  smoke      200 connections, 200 events/s matching 10, 2 s\n\nflags (--conns, --rate, --duration, --match and --settle default to the scenario's values; density's are shown):\n")
+			"  smoke      200 connections, 200 events/s matching 10, 2 s\n"+
+			"  chaos      2,000 connections, 500 events/s matching 10, 60 s; 2%%/s of the connections reset and resume\n"+
+			"  soak       2,000 connections, 500 events/s matching 10, 10 min; 1%%/s reset, 1%%/s churn; memory must stay flat\n\nflags (--conns, --rate, --duration, --match and --settle default to the scenario's values; density's are shown):\n")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&c.Scenario, "scenario", "density", "preset: "+strings.Join(Scenarios, ", "))
@@ -203,6 +236,9 @@ func ParseArgs(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.CPUProfile, "cpuprofile", "", "write the load tester's own CPU profile to this file")
 	fs.StringVar(&c.ServerCPUProfile, "server-cpuprofile", "", "write a CPU profile of the server (admin /debug/pprof/profile) taken while publishing")
 	fs.IntVar(&c.ServerProfileSeconds, "server-profile-seconds", 20, "length of the server CPU profile")
+	fs.Float64Var(&c.DropRate, "drop-rate", base.DropRate, "fraction of the connections per second reset (TCP RST) and resumed while publishing (chaos: 0.02)")
+	fs.Float64Var(&c.ChurnRate, "churn-rate", base.ChurnRate, "fraction of the connections per second closed cleanly and replaced by a new session (soak: 0.01)")
+	fs.BoolVar(&c.CheckMemoryFlat, "check-memory-flat", base.CheckMemoryFlat, "sample server memory while publishing; fail unless the last quarter is within 15% + 4 MiB of the second (soak: true)")
 	fs.StringVar(&c.Out, "out", base.Out, "directory for the JSON result and charts (empty: none)")
 	fs.DurationVar(&c.ProgressInterval, "progress-interval", base.ProgressInterval, "progress line and timeline sampling interval")
 	if err := fs.Parse(args); err != nil {
@@ -234,6 +270,17 @@ func ParseArgs(args []string, out io.Writer) (Config, error) {
 	if !set["settle"] {
 		c.Settle = p.Settle
 	}
+	if !set["drop-rate"] {
+		c.DropRate = p.DropRate
+	}
+	if !set["churn-rate"] {
+		c.ChurnRate = p.ChurnRate
+	}
+	if !set["check-memory-flat"] {
+		c.CheckMemoryFlat = p.CheckMemoryFlat
+	}
+	// The scenario's server arguments come first: --server-arg wins.
+	c.ServerArgs = append(p.ServerArgs[:len(p.ServerArgs):len(p.ServerArgs)], c.ServerArgs...)
 	if c.Mix, err = ParseMix(mix); err != nil {
 		return Config{}, fmt.Errorf("--mix: %w", err)
 	}
@@ -255,6 +302,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ConnectConcurrency <= 0 {
 		errs = append(errs, fmt.Errorf("connect-concurrency must be positive, got %d", c.ConnectConcurrency))
+	}
+	if c.DropRate < 0 || c.ChurnRate < 0 || c.DropRate+c.ChurnRate > 1 {
+		errs = append(errs, fmt.Errorf("drop-rate and churn-rate must be fractions (0…1 together), got %g and %g", c.DropRate, c.ChurnRate))
 	}
 	if c.ProgressInterval <= 0 {
 		errs = append(errs, errors.New("progress-interval must be positive"))
@@ -287,6 +337,9 @@ func (c *Config) groups(conns int) int {
 	}
 	return (conns + c.Match - 1) / c.Match
 }
+
+// chaotic is whether connections are dropped or churned during the run.
+func (c *Config) chaotic() bool { return c.DropRate > 0 || c.ChurnRate > 0 }
 
 func (c *Config) name() string {
 	if c.Name != "" {

@@ -32,6 +32,8 @@ type Result struct {
 	Latency     quantilesMS     `json:"latency"`
 	Server      ServerStats     `json:"server"`
 	Loadtest    LoadtestStats   `json:"loadtest"`
+	// Chaos holds the chaos and soak scenarios' figures.
+	Chaos *ChaosStats `json:"chaos,omitempty"`
 
 	// Timeline has one sample per progress interval: latency percentiles
 	// of the deliveries in that interval, and throughput.
@@ -216,6 +218,21 @@ func (r *Result) WriteTable(w io.Writer) {
 		l := r.Latency
 		row("latency", "p50 %s  p90 %s  p95 %s  p99 %s  p99.9 %s  max %s  (ingest write → client read)",
 			ms(l.P50), ms(l.P90), ms(l.P95), ms(l.P99), ms(l.P999), ms(l.Max))
+	}
+	if ch := r.Chaos; ch != nil {
+		row("chaos", "%.1f%%/s reset, %.1f%%/s clean close: %s resets, %s clean closes",
+			100*ch.DropRate, 100*ch.ChurnRate, num(float64(ch.Resets)), num(float64(ch.Closes)))
+		row("reconnects", "%s resumed (resumed:true), %s not resumed, %s new sessions after a close, %d failed; %s acks sent",
+			num(float64(ch.Resumed)), num(float64(ch.NotResumed)), num(float64(ch.Churned)), ch.ReconnectFailures, num(float64(ch.Acks)))
+		row("at-least-once", "lost %d, illegal duplicates %d, replayed after the last ack (allowed) %s, HISTORY_GAP errors %d, out of order %d",
+			r.Deliveries.Lost, r.Deliveries.Duplicates, num(float64(ch.ReplayDuplicates)), ch.HistoryGaps, ch.OutOfOrder)
+		if f := ch.Memory; f != nil {
+			verdict := "FLAT"
+			if !f.Flat {
+				verdict = "NOT FLAT"
+			}
+			row("memory", "%s: %s (%d samples)", verdict, f.Explanation, f.Samples)
+		}
 	}
 	sv := r.Server
 	if sv.RSSAfter > 0 {

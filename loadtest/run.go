@@ -61,9 +61,16 @@ type runner struct {
 	total    *hdrhistogram.Histogram
 	timeline []Sample
 	memory   []MemSample
+	flat     *Flatness
 
 	warnMu   sync.Mutex
 	warnings []string
+
+	// chaos and soak (chaos.go)
+	chaotic                           bool // connections are dropped or churned: clients ack and reconnect
+	historyGaps, acks, resets, closes atomic.Int64
+	resumed, notResumed, churned      atomic.Int64
+	reconnectFailures                 atomic.Int64
 }
 
 // now is the clock events are stamped with and deliveries read against:
@@ -91,7 +98,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) {
 		progress = io.Discard
 	}
 	r := &runner{cfg: cfg, progress: progress, lat: newRecorder(), inflated: newInflateCache(), total: newLatencyHistogram(),
-		failures: map[string]int{}, base: time.Now()}
+		failures: map[string]int{}, base: time.Now(), chaotic: cfg.chaotic()}
 	if f, ok := progress.(*os.File); ok {
 		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
 			r.tty = true
@@ -285,10 +292,28 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) {
 	if ctx.Err() == nil && (held > 0 || cfg.PublishOnly) {
 		if cfg.Rate > 0 {
 			r.phase.Store("publish")
+			stopChaos := make(chan struct{})
+			var chaosDone sync.WaitGroup
+			if r.chaotic && !cfg.PublishOnly {
+				chaosDone.Add(1)
+				go func() { defer chaosDone.Done(); r.chaos(stopChaos) }()
+			}
+			if cfg.CheckMemoryFlat {
+				chaosDone.Add(1)
+				go func() { defer chaosDone.Done(); r.sampleMemory(ctx, stopChaos) }()
+			}
 			if err := r.publish(ctx); err != nil {
 				r.warn("publishing stopped: %v", err)
 			}
+			close(stopChaos)
+			chaosDone.Wait()
 			res.Events.PublishSec = time.Since(pubStart).Seconds()
+			if cfg.CheckMemoryFlat {
+				r.tlMu.Lock()
+				t0 := pubStart.Sub(r.base).Seconds()
+				r.flat = flatness(r.memory, t0, t0+res.Events.PublishSec)
+				r.tlMu.Unlock()
+			}
 			if !cfg.PublishOnly {
 				r.phase.Store("drain")
 				drainStart := time.Now()
@@ -320,7 +345,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) {
 	res.Machine.LoadAvgEnd = loadAvg()
 	for _, c := range r.clients {
 		if c != nil {
-			c.conn.Close()
+			c.end()
 		}
 	}
 	if srv != nil {
@@ -338,6 +363,9 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) {
 	res.OK = ctx.Err() == nil && res.Deliveries.Lost == 0 && res.Deliveries.Duplicates == 0 &&
 		res.Deliveries.Unexpected == 0 && res.Deliveries.Malformed == 0 && res.Events.Rejected == 0 && res.Events.Unconfirmed == 0 &&
 		res.Connections.Held == open && res.Connections.Dropped == 0
+	if ch := res.Chaos; ch != nil {
+		res.OK = res.OK && ch.ReconnectFailures == 0 && (ch.Memory == nil || ch.Memory.Flat)
+	}
 	fmt.Fprint(r.progress, r.clearLine())
 	return res, nil
 }
@@ -347,6 +375,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) {
 // becomes its reader once subscribed.
 func (r *runner) connectAll(ctx context.Context, n int) {
 	cfg := r.cfg
+	runCtx := ctx // the sessions of chaos and soak outlive the connect phase
 	ctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 	defer cancel()
 	dialers := r.dialers(n)
@@ -383,6 +412,10 @@ func (r *runner) connectAll(ctx context.Context, n int) {
 			r.readersDone.Add(1)
 			wg.Done()
 			defer r.readersDone.Done()
+			if r.chaotic {
+				c.session(runCtx, r, dialers[i%len(dialers)])
+				return
+			}
 			c.readLoop(r)
 		}(i)
 	}
@@ -691,11 +724,14 @@ func (r *runner) account(res *Result, pubStart, doneAt time.Time, c0, c1 cpu) {
 	published := uint64(r.published.Load())
 	d := &res.Deliveries
 	dropped := map[string]int{}
+	var replayDups, outOfOrder int64
 	for _, c := range r.clients {
 		if c == nil {
 			continue
 		}
 		d.Duplicates += c.dups
+		replayDups += c.replayDups
+		outOfOrder += c.outOfOrder
 		d.Unexpected += c.unexpected
 		d.Malformed += c.malformed
 		if c.closeNote != "" {
@@ -704,11 +740,21 @@ func (r *runner) account(res *Result, pubStart, doneAt time.Time, c0, c1 cpu) {
 		}
 		for idx, s := uint64(0), uint64(c.group); s < published; idx, s = idx+1, s+G {
 			if r.accepted.has(s) && !c.got.has(idx) {
+				if d.Lost < 10 && r.chaotic {
+					r.warnings = append(r.warnings, fmt.Sprintf("lost: connection %d (group %d, %d reconnects, max message_id %d, acked %d) never received seq %d",
+						c.id, c.group, c.reconnects, c.maxID, c.acked, s))
+				}
 				d.Lost++
 			}
 		}
 	}
 	res.Connections.DroppedReasons = topReasons(dropped, 8)
+	if r.chaotic || r.cfg.CheckMemoryFlat {
+		res.Chaos = &ChaosStats{DropRate: r.cfg.DropRate, ChurnRate: r.cfg.ChurnRate,
+			Resets: r.resets.Load(), Closes: r.closes.Load(), Resumed: r.resumed.Load(), NotResumed: r.notResumed.Load(),
+			Churned: r.churned.Load(), ReconnectFailures: r.reconnectFailures.Load(), HistoryGaps: r.historyGaps.Load(),
+			Acks: r.acks.Load(), ReplayDuplicates: replayDups, OutOfOrder: outOfOrder, Memory: r.flat}
+	}
 	d.Expected = r.expected.Load()
 	d.Received = r.lat.count()
 	if !doneAt.IsZero() && r.cfg.Rate > 0 {
