@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -224,16 +223,7 @@ func (c *client) expectSilence(d time.Duration) {
 // metric returns the value of one series on /metrics, or -1 when absent.
 func (s *testServer) metric(t testing.TB, series string) float64 {
 	t.Helper()
-	resp, err := http.Get(s.admin + "/metrics")
-	if err != nil {
-		t.Fatalf("GET /metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("read /metrics: %v", err)
-	}
-	for _, line := range strings.Split(string(body), "\n") {
+	for _, line := range strings.Split(s.metricsText(t), "\n") {
 		if name, val, ok := strings.Cut(line, " "); ok && name == series {
 			var f float64
 			fmt.Sscan(val, &f)

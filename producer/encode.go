@@ -5,8 +5,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
-	"unicode/utf8"
 
+	"github.com/flarecast/flarecast/codec"
 	"github.com/flarecast/flarecast/event"
 )
 
@@ -55,7 +55,7 @@ func (e *encoder) str(k, v string) {
 		return
 	}
 	e.key(k)
-	e.buf = appendString(e.buf, v)
+	e.buf = codec.AppendString(e.buf, v)
 }
 
 func (e *encoder) strs(k string, vs []string) {
@@ -68,7 +68,7 @@ func (e *encoder) strs(k string, vs []string) {
 		if i > 0 {
 			e.buf = append(e.buf, ',')
 		}
-		e.buf = appendString(e.buf, v)
+		e.buf = codec.AppendString(e.buf, v)
 	}
 	e.buf = append(e.buf, ']')
 }
@@ -89,9 +89,9 @@ func (e *encoder) labels(m map[string]string) {
 		if i > 0 {
 			e.buf = append(e.buf, ',')
 		}
-		e.buf = appendString(e.buf, k)
+		e.buf = codec.AppendString(e.buf, k)
 		e.buf = append(e.buf, ':')
-		e.buf = appendString(e.buf, m[k])
+		e.buf = codec.AppendString(e.buf, m[k])
 	}
 	e.buf = append(e.buf, '}')
 	clear(e.keys) // do not keep the caller's strings alive in the pool
@@ -134,49 +134,4 @@ func (e *encoder) incident(inc *Incident) {
 	e.strs("affected_resources", inc.AffectedResources)
 	e.labels(inc.Labels)
 	e.str("title", inc.Title)
-}
-
-// appendString appends s as a JSON string. Every Go string encodes to a
-// valid one: control characters are escaped and invalid UTF-8 becomes
-// U+FFFD, which the server's strict decoder would otherwise refuse.
-func appendString(dst []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, "\ufffd"...)
-			i++
-			start = i
-			continue
-		}
-		i += size
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
 }
