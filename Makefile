@@ -4,7 +4,7 @@ BIN       := bin
 GOFLAGS_BUILD := -trimpath
 LDFLAGS   := -s -w
 
-.PHONY: all build run test test-race vet fmt bench fuzz clean loadtest-smoke
+.PHONY: all build run test vet bench fuzz churn clean loadtest-smoke
 
 all: build
 
@@ -42,6 +42,11 @@ fuzz:
 		echo "== $$name ($$pkg, $(FUZZTIME))"; \
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	done
+
+# The full churn test: 100,000 connect/subscribe/disconnect cycles without
+# the race detector (make test runs 20,000 under -race).
+churn:
+	$(GO) test -count=1 -run '^TestChurn$$' -v ./engine/
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./bench/

@@ -239,6 +239,12 @@ func (d *dispatcher) attach(c *conn, resumeID string, claims *auth.Claims, now t
 	for i := range s.subs {
 		s.subs[i].covered = from
 	}
+	if from >= d.lastID {
+		// Caught up: live now, even if the old connection was mid-replay
+		// (its pump would otherwise wait for a queue that never drains).
+		s.replayNext = 0
+		return
+	}
 	d.startReplay(s, from+1)
 }
 

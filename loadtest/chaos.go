@@ -75,11 +75,19 @@ func (c *client) acknowledge(r *runner, id uint64, nowNS int64) {
 	if c.sinceAck < ackEvery && now.Sub(c.ackedAt) < ackInterval {
 		return
 	}
+	c.ack(r, now)
+}
+
+// ack sends the cumulative ack c.maxID. A new session acks at once after
+// subscribing (0 at the start, its since after a churn): a session that
+// never acked resumes after what the server wrote to its socket, and
+// events still in the socket buffers at a reset would be lost.
+func (c *client) ack(r *runner, now time.Time) {
 	msg := append(c.ackBuf[:0], `{"type":"ack","message_id":`...)
 	msg = append(strconv.AppendUint(msg, c.maxID, 10), '}')
 	c.ackBuf = msg
-	// mu orders the ack with a kill: an ack written before the reset is
-	// one the server took (loopback delivers it before the RST).
+	// mu orders the ack with a kill: it is written whole before the reset
+	// or not at all (and then not recorded).
 	c.mu.Lock()
 	err := c.write(ws.OpText, msg)
 	c.mu.Unlock()
@@ -105,7 +113,8 @@ func (c *client) kill(clean bool) bool {
 	c.killedAt = time.Now()
 	if clean {
 		_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-		_ = c.write(ws.OpClose, ws.NewCloseFrameBody(ws.StatusNormalClosure, "churn"))
+		// Not c.write: its buffer is the reader goroutine's.
+		_ = ws.WriteFrame(c.conn, ws.MaskFrameInPlace(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, "churn"))))
 	} else if tc, ok := c.conn.(*net.TCPConn); ok {
 		_ = tc.SetLinger(0)
 	}
@@ -127,6 +136,7 @@ func (c *client) end() {
 // controller ends it, reconnects after a random pause: with the session id
 // after a reset (resume), as a new session after a clean close (churn).
 func (c *client) session(ctx context.Context, r *runner, d *ws.Dialer) {
+	c.ack(r, time.Now())
 	for {
 		c.readLoop(r)
 		if !c.killed.Load() || r.closing.Load() || ctx.Err() != nil {
@@ -137,6 +147,7 @@ func (c *client) session(ctx context.Context, r *runner, d *ws.Dialer) {
 		c.mu.Unlock()
 		sleepCtx(ctx, rand.N(maxReconnectPause))
 		c.reconnects++
+		c.newSession = clean
 		if clean {
 			// A new session: subscribe with since = what was processed.
 			c.sessionID = "-"
@@ -172,12 +183,14 @@ func (c *client) session(ctx context.Context, r *runner, d *ws.Dialer) {
 		case clean:
 			r.churned.Add(1)
 			c.acked, c.sureAck, c.recentAcks = 0, 0, c.recentAcks[:0]
+			c.ack(r, time.Now())
 		case c.sessionID == old:
 			r.resumed.Add(1)
 		default:
 			// The session was gone: connect subscribed again with since.
 			r.notResumed.Add(1)
 			c.replayFloor, c.acked, c.sureAck, c.recentAcks = c.maxID, 0, 0, c.recentAcks[:0]
+			c.ack(r, time.Now())
 		}
 		c.ackedAt = time.Time{}
 	}

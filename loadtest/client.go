@@ -60,16 +60,17 @@ type client struct {
 	closeNote  string // why the connection ended early, if it did
 
 	// The chaos and soak scenarios: a client is a session that outlives its
-	// connections (see chaos.go). mu orders the connection's replacement,
-	// acks and kills; the fields below it are the reader goroutine's.
-	mu         sync.Mutex
-	ended      bool        // the run closed the client: open no connection
-	killed     atomic.Bool // the chaos controller ended this connection on purpose
-	clean      bool        // ...with a close frame (churn): start a new session
-	sessionID  string
-	maxID      uint64 // highest message_id received (all events are normal priority: in order)
-	acked      uint64 // last ack sent
-	ackedAt    time.Time
+	// connections (see chaos.go). mu guards ended, clean, killedAt and the
+	// replacement of conn, and orders acks with kills; the other fields are
+	// the reader goroutine's.
+	mu        sync.Mutex
+	ended     bool        // the run closed the client: open no connection
+	killed    atomic.Bool // the chaos controller ended this connection on purpose
+	clean     bool        // ...with a close frame (churn): start a new session
+	sessionID string
+	maxID     uint64 // highest message_id received (all events are normal priority: in order)
+	acked     uint64 // last ack sent
+	ackedAt   time.Time
 	// recentAcks are the acks sent less than ackTaken ago; sureAck is the
 	// highest one older: the server surely took it (see chaos.go).
 	recentAcks []sentAck
@@ -85,6 +86,10 @@ type client struct {
 	ackBuf                 []byte
 	connMaxID              uint64 // highest message_id on the current connection
 	outOfOrder             int64  // events below connMaxID: the server broke its order
+	connEvents             int    // events received on the current connection
+	gapNote                string // the first gap seen on one connection (see readLoop)
+	dupNote                string // the first illegal duplicate, for the report
+	newSession             bool   // the last reconnect opened a new session (churn)
 }
 
 // deflateOffer asks for permessage-deflate with no context takeover either
@@ -114,7 +119,7 @@ func (c *client) connect(ctx context.Context, d *ws.Dialer, url string, timeout 
 	if !ended {
 		c.conn = conn
 		c.killed.Store(false)
-		c.connMaxID = 0
+		c.connMaxID, c.connEvents = 0, 0
 	}
 	c.mu.Unlock()
 	if ended {
@@ -280,7 +285,16 @@ func (c *client) readLoop(r *runner) {
 			c.unexpected++
 			continue
 		}
-		dup := c.got.set(ev.seq / uint64(r.groups))
+		idx := ev.seq / uint64(r.groups)
+		dup := c.got.set(idx)
+		if r.chaotic && !dup && idx > 0 && !c.got.has(idx-1) && c.gapNote == "" {
+			// The previous event of the group is missing: the server
+			// skipped it on this connection (or on the one before, and
+			// replays from after it). Kept for the report of a loss.
+			c.gapNote = fmt.Sprintf("seq %d arrived (message_id %d, event %d on connection %d after %d reconnects) before seq %d",
+				ev.seq, ev.id, c.connEvents+1, c.reconnects+1, c.reconnects, ev.seq-uint64(r.groups))
+		}
+		c.connEvents++
 		if r.chaotic {
 			if ev.id <= c.connMaxID {
 				c.outOfOrder++
@@ -293,6 +307,14 @@ func (c *client) readLoop(r *runner) {
 				c.replayDups++
 			} else {
 				c.dups++
+				if c.dupNote == "" && r.chaotic {
+					how := "resume"
+					if c.newSession {
+						how = "new session with since"
+					}
+					c.dupNote = fmt.Sprintf("message_id %d (seq %d) again, event %d on connection %d (after a %s; allowed replays (%d, %d])",
+						ev.id, ev.seq, c.connEvents, c.reconnects+1, how, c.replayFloor, c.replayTop)
+				}
 			}
 			continue
 		}

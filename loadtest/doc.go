@@ -25,4 +25,33 @@
 // connections do not exhaust one address's ephemeral ports, and it raises its
 // own RLIMIT_NOFILE to the hard limit, capping N (and saying so) when that
 // limit binds.
+//
+// Two presets test at-least-once delivery under failure (chaos.go). In
+// chaos (issue 5: 2,000 connections, 500 events/s matching 10, 60 s), 2% of
+// the connections per second are reset at random (SetLinger(0), Close: an
+// RST) and reconnect after 0–500 ms with ?session_id=, expecting
+// welcome{"resumed":true}. Every client acks the highest message_id it has
+// received every 200 ms or 50 events (all load-test events are normal
+// priority, so they arrive in order and that id proves everything below
+// it), and a new session acks at once after subscribing, so that no resume
+// ever starts from what the server merely wrote to a socket. A client is a session: its bitset outlives its connections, so an
+// event is lost only if none of the session's connections received it. A
+// duplicate is allowed only when it was received before the reset and after
+// the last ack the server surely took (one written at least a second before
+// the reset: an ack written just before may still be unread on the old
+// connection when the resume arrives, and the server then replays from the
+// ack before); any other duplicate is a bug. The run fails on a loss or an
+// illegal duplicate, and reports resumes, HISTORY_GAP errors and events out
+// of message_id order on one connection.
+//
+// soak (issue 10: 10 minutes by default, 60 s in CI) adds churn: 1% of the
+// connections per second close cleanly and a new session takes each one's
+// place, subscribing with since = the last message_id it processed, on top
+// of 1%/s resets. It reads the server's RSS and Go heap (after a forced GC)
+// every progress interval while publishing and fails unless memory is flat:
+// the median of the last quarter at most 15% + 4 MiB above the median of
+// the second quarter, for both. A spawned server is started with a 10 s
+// session timeout and a 5,000-event history so that what it legitimately
+// holds is full within the first quarter; against a server of your own,
+// give it similar settings or a run long enough to fill its windows.
 package loadtest

@@ -725,12 +725,17 @@ func (r *runner) account(res *Result, pubStart, doneAt time.Time, c0, c1 cpu) {
 	d := &res.Deliveries
 	dropped := map[string]int{}
 	var replayDups, outOfOrder int64
+	notes := 0
 	for _, c := range r.clients {
 		if c == nil {
 			continue
 		}
 		d.Duplicates += c.dups
 		replayDups += c.replayDups
+		if c.dupNote != "" && notes < 5 {
+			notes++
+			r.warnings = append(r.warnings, fmt.Sprintf("illegal duplicate: connection %d: %s", c.id, c.dupNote))
+		}
 		outOfOrder += c.outOfOrder
 		d.Unexpected += c.unexpected
 		d.Malformed += c.malformed
@@ -741,8 +746,8 @@ func (r *runner) account(res *Result, pubStart, doneAt time.Time, c0, c1 cpu) {
 		for idx, s := uint64(0), uint64(c.group); s < published; idx, s = idx+1, s+G {
 			if r.accepted.has(s) && !c.got.has(idx) {
 				if d.Lost < 10 && r.chaotic {
-					r.warnings = append(r.warnings, fmt.Sprintf("lost: connection %d (group %d, %d reconnects, max message_id %d, acked %d) never received seq %d",
-						c.id, c.group, c.reconnects, c.maxID, c.acked, s))
+					r.warnings = append(r.warnings, fmt.Sprintf("lost: connection %d (group %d, %d reconnects, max message_id %d, acked %d) never received seq %d; first gap: %s",
+						c.id, c.group, c.reconnects, c.maxID, c.acked, s, c.gapNote))
 				}
 				d.Lost++
 			}
