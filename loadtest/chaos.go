@@ -157,7 +157,7 @@ func (c *client) session(ctx context.Context, r *runner, d *ws.Dialer) {
 			c.replayFloor = c.sureAck
 		}
 		c.replayTop = c.maxID
-		url := r.cfg.URL
+		url := r.urls[c.id%len(r.urls)]
 		if !clean {
 			url += "?session_id=" + c.sessionID
 		}

@@ -205,3 +205,24 @@ func TestDuplicateClassification(t *testing.T) {
 		t.Errorf("a killed connection counted as dropped: %q", c.closeNote)
 	}
 }
+
+// TestFleetLists: comma-separated --url and --ingest-socket spread
+// connections and publishing over a fleet's instances, each URL checked
+// for loopback like a single one.
+func TestFleetLists(t *testing.T) {
+	var out strings.Builder
+	cfg, err := ParseArgs([]string{"--scenario", "smoke",
+		"--url", "ws://127.0.0.1:1/ws, ws://127.0.0.2:2/ws", "--ingest-socket", "a.sock,b.sock"}, &out)
+	if err != nil {
+		t.Fatalf("ParseArgs: %v", err)
+	}
+	if got := cfg.URLs(); len(got) != 2 || got[1] != "ws://127.0.0.2:2/ws" {
+		t.Fatalf("URLs() = %q", got)
+	}
+	if got := cfg.IngestSockets(); len(got) != 2 || got[0] != "a.sock" {
+		t.Fatalf("IngestSockets() = %q", got)
+	}
+	if _, err := ParseArgs([]string{"--url", "ws://127.0.0.1:1/ws,ws://192.0.2.1:2/ws"}, &out); err == nil {
+		t.Fatal("a non-loopback instance in the list was accepted")
+	}
+}

@@ -222,9 +222,9 @@ func ParseArgs(args []string, out io.Writer) (Config, error) {
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", base.DrainTimeout, "wait for in-flight deliveries after publishing stops")
 	fs.IntVar(&c.SourceAddrs, "source-addrs", base.SourceAddrs, "loopback source addresses 127.0.0.1…N (0: one per 20,000 connections, at least 4)")
 	fs.BoolVar(&c.ForceGC, "force-gc", base.ForceGC, "ask the server to collect garbage (pprof heap?gc=1) before each memory reading")
-	fs.StringVar(&c.URL, "url", base.URL, "server WebSocket URL (loopback only)")
+	fs.StringVar(&c.URL, "url", base.URL, "server WebSocket URL (loopback only); a comma-separated list spreads connections over a fleet's instances")
 	fs.StringVar(&c.AdminURL, "admin-url", base.AdminURL, "server admin URL for /metrics (loopback only; empty: none)")
-	fs.StringVar(&c.IngestSocket, "ingest-socket", base.IngestSocket, "server ingest Unix socket")
+	fs.StringVar(&c.IngestSocket, "ingest-socket", base.IngestSocket, "server ingest Unix socket; a comma-separated list publishes through several instances in turn")
 	fs.IntVar(&c.ServerPID, "server-pid", 0, "server pid for /proc readings (0: find the process listening on --url's port)")
 	fs.BoolVar(&c.PublishOnly, "publish-only", false, "open no connection; publish the scenario's events for clients run elsewhere (k6)")
 	fs.BoolVar(&c.Spawn, "spawn", false, "start --server-bin serve on free loopback ports and a temporary ingest socket")
@@ -313,8 +313,10 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("the filter mix is empty"))
 	}
 	if !c.Spawn {
-		if err := checkLoopbackURL(c.URL, "ws"); err != nil {
-			errs = append(errs, fmt.Errorf("--url: %w", err))
+		for _, u := range c.URLs() {
+			if err := checkLoopbackURL(u, "ws"); err != nil {
+				errs = append(errs, fmt.Errorf("--url: %w", err))
+			}
 		}
 		if c.AdminURL != "" {
 			if err := checkLoopbackURL(c.AdminURL, "http"); err != nil {
@@ -454,4 +456,23 @@ func filterKindNames() []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+// URLs returns the WebSocket URLs: connection i dials URLs()[i mod len].
+// Several URLs are a fleet's instances; /metrics and RSS are read from the
+// instance of AdminURL (and --server-pid) only.
+func (c *Config) URLs() []string { return splitList(c.URL) }
+
+// IngestSockets returns the ingest sockets: batch b is published through
+// IngestSockets()[b mod len].
+func (c *Config) IngestSockets() []string { return splitList(c.IngestSocket) }
+
+func splitList(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }

@@ -26,6 +26,7 @@ import (
 // runner is the state of one run.
 type runner struct {
 	cfg       Config
+	urls      []string // cfg.URLs(): one per fleet instance
 	progress  io.Writer
 	tty       bool
 	base      time.Time // the start of the run, for timeline offsets
@@ -166,6 +167,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) {
 		}
 	}
 	r.cfg = cfg
+	r.urls = cfg.URLs()
 	if cfg.Spawn {
 		fmt.Fprintf(progress, "flarecast-loadtest: spawned %s (pid %d): %s, admin %s, ingest %s\n",
 			cfg.ServerBin, cfg.ServerPID, cfg.URL, cfg.AdminURL, cfg.IngestSocket)
@@ -397,7 +399,7 @@ func (r *runner) connectAll(ctx context.Context, n int) {
 		wg.Add(1)
 		go func(i int) {
 			c := &client{id: i, group: i % r.groups, kind: cfg.Mix.kindOf(i)}
-			err := c.connect(ctx, dialers[i%len(dialers)], cfg.URL, cfg.HandshakeTimeout)
+			err := c.connect(ctx, dialers[i%len(dialers)], r.urls[i%len(r.urls)], cfg.HandshakeTimeout)
 			<-sem
 			if err != nil {
 				r.failed(err)
@@ -458,11 +460,17 @@ func (r *runner) failed(err error) {
 // stops accepting (backpressure), the achieved rate shows it.
 func (r *runner) publish(ctx context.Context) error {
 	cfg := r.cfg
-	pc, err := producer.Dial(ctx, cfg.IngestSocket)
-	if err != nil {
-		return err
+	// One producer per ingest socket: a fleet's instances take batches in turn.
+	var pcs []*producer.Client
+	for _, path := range cfg.IngestSockets() {
+		pc, err := producer.Dial(ctx, path)
+		if err != nil {
+			return err
+		}
+		defer pc.Close()
+		pcs = append(pcs, pc)
 	}
-	defer pc.Close()
+	batches := 0
 	r.accepted = make(bitset, int(cfg.Rate*cfg.Duration.Seconds())/64+1)
 	// A batch holds at most 10 ms of events, and at most 100 ms of events
 	// await their replies: when the server pushes back (its ring is full),
@@ -502,6 +510,8 @@ func (r *runner) publish(ctx context.Context) error {
 			first := seq
 			seq += count
 			r.published.Add(int64(count))
+			pc := pcs[batches%len(pcs)]
+			batches++
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
