@@ -23,6 +23,7 @@ import (
 
 	"github.com/flarecast/flarecast/engine"
 	"github.com/flarecast/flarecast/event"
+	"github.com/flarecast/flarecast/internal/cutproxy"
 )
 
 // server is a real flarecast engine on loopback ports; events are published
@@ -92,103 +93,6 @@ func (s *server) publish(t *testing.T, lines ...string) []uint64 {
 		}
 	}
 	return ids
-}
-
-// cutProxy forwards TCP connections to the server and can cut them all at
-// once, as a failing network does, and hold new ones until released.
-type cutProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	hold   chan struct{} // non-nil: new connections wait until it is closed
-	closed bool
-}
-
-func startProxy(t *testing.T, target string) *cutProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go p.serve(c)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		p.mu.Lock()
-		p.closed = true
-		p.mu.Unlock()
-		p.release()
-		p.cut()
-	})
-	return p
-}
-
-func (p *cutProxy) track(c net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return false
-	}
-	p.conns[c] = struct{}{}
-	return true
-}
-
-func (p *cutProxy) serve(c net.Conn) {
-	if !p.track(c) {
-		c.Close()
-		return
-	}
-	p.mu.Lock()
-	hold := p.hold
-	p.mu.Unlock()
-	if hold != nil {
-		<-hold
-	}
-	up, err := net.DialTimeout("tcp", p.target, 5*time.Second)
-	if err != nil || !p.track(up) {
-		c.Close()
-		return
-	}
-	go func() { _, _ = io.Copy(up, c); up.Close() }()
-	_, _ = io.Copy(c, up)
-	c.Close()
-}
-
-// cut resets every connection, both the browser's and the server's side.
-func (p *cutProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for c := range p.conns {
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.SetLinger(0) // RST, as a dead network path looks
-		}
-		c.Close()
-		delete(p.conns, c)
-	}
-}
-
-func (p *cutProxy) holdNew() {
-	p.mu.Lock()
-	p.hold = make(chan struct{})
-	p.mu.Unlock()
-}
-
-func (p *cutProxy) release() {
-	p.mu.Lock()
-	if p.hold != nil {
-		close(p.hold)
-		p.hold = nil
-	}
-	p.mu.Unlock()
 }
 
 // chromium returns the browser's path, or skips (fails in CI) without one.
@@ -421,8 +325,8 @@ func TestBoardInChromium(t *testing.T) {
 	waitUntil(t, ctx, "the first event", func(_ boardState, rs []row) bool { return len(rs) == 1 && rs[0].ID == all[0].id })
 
 	// 2. Through a proxy the test can cut (?ws= overrides the URL).
-	p := startProxy(t, strings.TrimPrefix(strings.TrimSuffix(s.ws, "/ws"), "ws://"))
-	proxied := "ws://" + p.ln.Addr().String() + "/ws"
+	p := cutproxy.Start(t, strings.TrimPrefix(strings.TrimSuffix(s.ws, "/ws"), "ws://"))
+	proxied := "ws://" + p.Addr() + "/ws"
 	if err := chromedp.Do(ctx, chromedp.Navigate(s.admin+"/?ws="+proxied)); err != nil {
 		t.Fatalf("open board: %v", err)
 	}
@@ -463,11 +367,11 @@ func TestBoardInChromium(t *testing.T) {
 	last := all[len(all)-1].id
 	st, _ := waitUntil(t, ctx, "the board to acknowledge what it has", func(st boardState, _ []row) bool { return st.Acked == last })
 	session := st.SessionID
-	p.holdNew()
-	p.cut()
+	p.HoldNew()
+	p.Cut()
 	waitUntil(t, ctx, "the board to notice the cut", func(st boardState, _ []row) bool { return st.Status != "live" })
 	s.publishAll(t, &all, append(incidents(10, 7), normalP1)...)
-	p.release()
+	p.Release()
 	want = newestFirst(all, urgent)
 	st, rs = waitUntil(t, ctx, "the resumed board to show the missed events", func(st boardState, rs []row) bool {
 		return st.Status == "live" && st.Resumes == 1 && slices.Equal(ids(rs), want)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/flarecast/flarecast/engine"
 	"github.com/flarecast/flarecast/event"
+	"github.com/flarecast/flarecast/internal/cutproxy"
 )
 
 // The tests run `flarecast tail` as a real process: the test binary
@@ -414,109 +415,13 @@ func TestTailRefused(t *testing.T) {
 	}
 }
 
-// cutProxy forwards TCP to the server; cut resets every connection as a
-// failing network does, and holdNew makes new connections wait.
-type cutProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	hold   chan struct{}
-	closed bool
-}
-
-func startProxy(t *testing.T, target string) *cutProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go p.serve(c)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		p.mu.Lock()
-		p.closed = true
-		p.mu.Unlock()
-		p.release()
-		p.cut()
-	})
-	return p
-}
-
-func (p *cutProxy) track(c net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return false
-	}
-	p.conns[c] = struct{}{}
-	return true
-}
-
-func (p *cutProxy) serve(c net.Conn) {
-	if !p.track(c) {
-		c.Close()
-		return
-	}
-	p.mu.Lock()
-	hold := p.hold
-	p.mu.Unlock()
-	if hold != nil {
-		<-hold
-	}
-	up, err := net.DialTimeout("tcp", p.target, 5*time.Second)
-	if err != nil || !p.track(up) {
-		c.Close()
-		return
-	}
-	go func() { _, _ = io.Copy(up, c); up.Close() }()
-	_, _ = io.Copy(c, up)
-	c.Close()
-}
-
-func (p *cutProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for c := range p.conns {
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.SetLinger(0)
-		}
-		c.Close()
-		delete(p.conns, c)
-	}
-}
-
-func (p *cutProxy) holdNew() {
-	p.mu.Lock()
-	p.hold = make(chan struct{})
-	p.mu.Unlock()
-}
-
-func (p *cutProxy) release() {
-	p.mu.Lock()
-	if p.hold != nil {
-		close(p.hold)
-		p.hold = nil
-	}
-	p.mu.Unlock()
-}
-
 // TestTailResume cuts the connection in the network while events are
 // published: tail reconnects, resumes its session, and prints every event
 // exactly once, in order.
 func TestTailResume(t *testing.T) {
 	s := startTailServer(t)
-	p := startProxy(t, strings.TrimSuffix(strings.TrimPrefix(s.ws, "ws://"), "/ws"))
-	proxied := "ws://" + p.ln.Addr().String() + "/ws"
+	p := cutproxy.Start(t, strings.TrimSuffix(strings.TrimPrefix(s.ws, "ws://"), "/ws"))
+	proxied := "ws://" + p.Addr() + "/ws"
 	tp := startTail(t, "--url", proxied, "--count", "6", "--severity", "P1,P2")
 	s.waitMetric(t, "websocket_active_subscriptions", 1)
 
@@ -527,13 +432,13 @@ func TestTailResume(t *testing.T) {
 	}
 	s.waitMetric(t, "websocket_acks_received_total", 1)
 
-	p.holdNew()
-	p.cut()
+	p.HoldNew()
+	p.Cut()
 	s.waitMetric(t, `websocket_connections_closed_total{reason="connection_lost"}`, 1)
 	during := s.publish(t,
 		ev("incident_updated", "P2", ""), ev("incident_updated", "P4", ""), ev("incident_updated", "P1", ""),
 		ev("incident_updated", "P1", ""), ev("incident_updated", "P2", ""))
-	p.release()
+	p.Release()
 	for range 4 {
 		got = append(got, idOf(t, tp.next(t)))
 	}
@@ -562,14 +467,14 @@ func TestTailNewSessionAfterExpiry(t *testing.T) {
 		c.CleanupInterval = 100 * time.Millisecond
 		c.HeartbeatInterval = 200 * time.Millisecond // …while live clients answer pings in time
 	})
-	p := startProxy(t, strings.TrimSuffix(strings.TrimPrefix(s.ws, "ws://"), "/ws"))
-	tp := startTail(t, "--url", "ws://"+p.ln.Addr().String()+"/ws", "--count", "5", "--type", "incident_updated")
+	p := cutproxy.Start(t, strings.TrimSuffix(strings.TrimPrefix(s.ws, "ws://"), "/ws"))
+	tp := startTail(t, "--url", "ws://"+p.Addr()+"/ws", "--count", "5", "--type", "incident_updated")
 	s.waitMetric(t, "websocket_active_subscriptions", 1)
 	before := s.publish(t, ev("incident_updated", "P1", ""), ev("incident_updated", "P2", ""))
 	got := []uint64{idOf(t, tp.next(t)), idOf(t, tp.next(t))}
 
-	p.holdNew()
-	p.cut()
+	p.HoldNew()
+	p.Cut()
 	s.waitMetric(t, `websocket_connections_closed_total{reason="connection_lost"}`, 1)
 	during := s.publish(t, ev("incident_updated", "P3", ""), ev("comment_added", "P1", ""), ev("incident_updated", "P0", ""))
 	// The session's subscription goes with it when the sweep drops it.
@@ -580,7 +485,7 @@ func TestTailNewSessionAfterExpiry(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	p.release()
+	p.Release()
 	after := s.publishAfterSubscribe(t, ev("incident_updated", "P4", ""))
 	for range 3 {
 		got = append(got, idOf(t, tp.next(t)))
