@@ -20,6 +20,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/flarecast/flarecast/internal/nginxtest"
 	"github.com/flarecast/flarecast/internal/redistest"
 )
 
@@ -460,34 +461,7 @@ func startNginx(t *testing.T, nginx, dir string, upstreams []string) string {
 		}
 		site = strings.Replace(site, repl[i], repl[i+1], 1)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "compose.conf"), []byte(site), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	user := ""
-	if os.Geteuid() == 0 {
-		user = "user root;\n" // workers would otherwise run as nobody, which cannot read the temp dir
-	}
-	main := user + `worker_processes 1;
-pid ` + filepath.Join(dir, "nginx.pid") + `;
-error_log ` + filepath.Join(dir, "error.log") + ` info;
-events { worker_connections 64; }
-http {
-    client_body_temp_path ` + filepath.Join(dir, "client_body") + `;
-    proxy_temp_path ` + filepath.Join(dir, "proxy") + `;
-    fastcgi_temp_path ` + filepath.Join(dir, "fastcgi") + `;
-    uwsgi_temp_path ` + filepath.Join(dir, "uwsgi") + `;
-    scgi_temp_path ` + filepath.Join(dir, "scgi") + `;
-    include ` + filepath.Join(dir, "compose.conf") + `;
-}
-`
-	conf := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(conf, []byte(main), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	args := []string{"-p", dir + "/", "-c", conf, "-e", filepath.Join(dir, "error.log")}
-	if out, err := exec.Command(nginx, append(args, "-t")...).CombinedOutput(); err != nil {
-		t.Fatalf("nginx -t rejects deploy/nginx/compose.conf: %v\n%s", err, out)
-	}
+	args := nginxtest.Prepare(t, nginx, dir, "compose.conf", site)
 	p := startProcess(t, dir, "nginx", nil, nginx, append(args, "-g", "daemon off;")...)
 	waitFor(t, 10*time.Second, func() bool {
 		select {

@@ -361,13 +361,12 @@ func (l *loop) closeDrained(force bool) {
 
 // handshake is the loop's scratch for one upgrade at a time.
 type handshake struct {
-	in       bytes.Reader
-	out      bytes.Buffer
-	path     bool // the request's path is the WebSocket endpoint
-	echo     bool // the request's path is the echo endpoint (--echo-path)
-	query    string
-	deflate  wsflate.Extension
-	upgrader bool
+	in      bytes.Reader
+	out     bytes.Buffer
+	path    bool // the request's path is the WebSocket endpoint
+	echo    bool // the request's path is the echo endpoint (--echo-path)
+	query   string
+	deflate wsflate.Extension
 
 	// Security: what admit needs of the request (security.go). Headers are
 	// captured only when the configuration uses them.

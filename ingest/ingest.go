@@ -167,7 +167,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		b.add(trimEOL(line), max(longLen, len(line))-1, s.MaxLineSize)
 		longLen = 0
 		more := lineBuffered(r)
-		if more && len(b.lines) < maxBatch {
+		if more && b.len() < maxBatch {
 			continue // more lines are already here: take them along
 		}
 		if err := s.answer(ctx, w, &b); err != nil {
@@ -202,22 +202,25 @@ func (b *batch) add(line []byte, size, max int) {
 	b.arena = append(b.arena, line...)
 	b.bounds = append(b.bounds, len(b.arena))
 	b.tooLong = append(b.tooLong, size)
-	b.lines = append(b.lines, nil)
 }
+
+// len is the number of lines waiting for an answer.
+func (b *batch) len() int { return len(b.bounds) }
 
 // answer publishes the batch and writes one reply per line, in order.
 func (s *Server) answer(ctx context.Context, w *bufio.Writer, b *batch) error {
-	if len(b.lines) == 0 {
+	if b.len() == 0 {
 		return nil
 	}
 	start := 0
-	valid := b.lines[:0]
+	b.lines = b.lines[:0]
 	for i, end := range b.bounds {
 		if b.tooLong[i] == 0 {
-			valid = append(valid, b.arena[start:end])
+			b.lines = append(b.lines, b.arena[start:end])
 		}
 		start = end
 	}
+	valid := b.lines
 	n := len(valid)
 	b.ids = slices.Grow(b.ids[:0], n)[:n]
 	b.errs = slices.Grow(b.errs[:0], n)[:n]
@@ -239,7 +242,7 @@ func (s *Server) answer(ctx context.Context, w *bufio.Writer, b *batch) error {
 			err = werr
 		}
 	}
-	clear(b.lines[:cap(b.lines)])
+	clear(b.lines) // the arena is reused: drop the views into it
 	clear(b.errs)
 	b.arena, b.bounds, b.tooLong, b.lines = b.arena[:0], b.bounds[:0], b.tooLong[:0], b.lines[:0]
 	return err
