@@ -35,7 +35,7 @@ loadtest-smoke: build
 # time). `make test` replays the committed corpora under testdata/fuzz.
 FUZZTIME ?= 60s
 FUZZ_TARGETS := ./codec:FuzzClientFrames ./codec:FuzzInflate ./codec:FuzzDecodeClientMessage \
-	./event:FuzzParse ./engine:FuzzUpgradeRequest
+	./event:FuzzParse ./engine:FuzzUpgradeRequest ./engine:FuzzDispatcherCommands
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \

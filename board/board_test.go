@@ -298,8 +298,8 @@ func (s *server) publishAll(t *testing.T, all *[]published, lines ...string) {
 	}
 }
 
-// normalP1 is a P1 event in the normal lane: when it arrives, every earlier
-// event the board is owed has arrived (nothing overtakes into the normal lane).
+// normalP1 is a P1 event in the normal lane, published last in a batch of
+// critical and high ones: the board acks the highest message_id it received.
 const normalP1 = `{"event_type":"incident_updated","severity":"P1","state":"Investigating","source":"llm-sentinel","incident_id":"INC-2044","affected_resources":["auth-service"],"labels":{"env":"production"},"title":"Error budget burn slowing"}`
 
 // TestBoardInChromium drives the board in a real headless Chromium against a

@@ -2,9 +2,14 @@ package codec
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
+	"reflect"
+	"strings"
 	"testing"
+
+	"github.com/flarecast/flarecast/filterindex"
 
 	"github.com/gobwas/ws"
 	"github.com/klauspost/compress/flate"
@@ -135,7 +140,10 @@ func FuzzInflate(f *testing.F) {
 }
 
 // FuzzDecodeClientMessage: any text is either a message or a protocol
-// error, never a panic; an accepted filter survives an encode/decode round trip.
+// error, never a panic; an accepted filter survives an encode/decode round
+// trip; the limits hold: decoded with a small MaxFilterValues, a message is
+// refused with LIMIT_EXCEEDED exactly when it lists more values, and is
+// otherwise decoded as it is without the limit.
 func FuzzDecodeClientMessage(f *testing.F) {
 	for _, s := range []string{
 		`{"type":"subscribe","subscription_id":"s1","filters":{"severities":["P1","P0"],"labels":{"env":"prod"}}}`,
@@ -145,22 +153,52 @@ func FuzzDecodeClientMessage(f *testing.F) {
 		`{"type":"ack","message_id":42}`,
 		`{"type":"auth","token":"x.y.z"}`,
 		`{"type":"nope"}`, `[]`, `{"type":1}`, `{`,
+		`{"type":"subscribe","subscription_id":"s","filters":{"sources":["a,b","c\"],[d"],"incident_ids":["x","x"]}}`,
+		`{"type":"subscribe","subscription_id":"s","filters":{"labels":{"a":"1","a":"2","b":"[,]"}}}`,
+		`{"type":"unsubscribe","subscription_id":"` + strings.Repeat("\\u00e9", 65) + `"}`,
 	} {
 		f.Add([]byte(s))
 	}
+	const small = 3
 	f.Fuzz(func(t *testing.T, data []byte) {
-		m, merr := DecodeClientMessage(data)
+		m, merr := DecodeClientMessage(data, DefaultLimits)
 		if (m == nil) == (merr == nil) {
 			t.Fatalf("want exactly one of message and error, got %v and %v", m, merr)
 		}
+		sm, serr := DecodeClientMessage(data, Limits{MaxFilterValues: small})
+		if (sm == nil) == (serr == nil) {
+			t.Fatalf("small limit: want exactly one of message and error, got %v and %v", sm, serr)
+		}
 		if merr != nil {
-			if merr.Code != CodeInvalidMessage && merr.Code != CodeUnsupported {
+			switch merr.Code {
+			case CodeInvalidMessage, CodeUnsupported, CodeLimitExceeded, CodeNotFound:
+			default:
 				t.Fatalf("unexpected code %s", merr.Code)
+			}
+			// Codes only: which of several unknown keys an error names
+			// depends on map order.
+			if serr == nil || (serr.Code != merr.Code && serr.Code != CodeLimitExceeded) {
+				t.Fatalf("refused (%v) without the small limit, but %v with it", merr, serr)
 			}
 			return
 		}
+		if serr != nil && serr.Code != CodeLimitExceeded {
+			t.Fatalf("accepted without the small limit, refused with it: %v", serr)
+		}
 		if m.Type != TypeSubscribe {
+			if serr != nil {
+				t.Fatalf("a %s refused for its filter values: %v", m.Type, serr)
+			}
 			return
+		}
+		if values := filterValues(&m.Filter); serr == nil && values > small {
+			t.Fatalf("%d filter values (after normalizing) passed a limit of %d", values, small)
+		}
+		if listed := listedValues(t, data); (serr != nil) != (listed > small) {
+			t.Fatalf("%d filter values listed, limit %d: refused = %v", listed, small, serr)
+		}
+		if serr == nil && !reflect.DeepEqual(sm, m) {
+			t.Fatalf("the limit changed the decoded message: %+v vs %+v", sm, m)
 		}
 		enc := AppendFilter(nil, &m.Filter)
 		back, err := DecodeFilter(enc, "filters")
@@ -171,4 +209,53 @@ func FuzzDecodeClientMessage(f *testing.F) {
 			t.Fatalf("filter round trip changed it: %s -> %s", enc, again)
 		}
 	})
+}
+
+// filterValues counts f's values the way Limits.MaxFilterValues does.
+func filterValues(f *filterindex.Filter) int {
+	return len(f.EventTypes) + len(f.Severities) + len(f.States) + len(f.Sources) +
+		len(f.Resources) + len(f.IncidentIDs) + len(f.Labels)
+}
+
+// listedValues counts, with encoding/json's tokenizer as a reference, the
+// values a subscribe message's filters list as written (duplicates included):
+// the elements of every list and the members of labels.
+func listedValues(t *testing.T, data []byte) int {
+	var msg map[string]json.RawMessage
+	var filters map[string]json.RawMessage
+	if err := json.Unmarshal(data, &msg); err != nil {
+		t.Fatalf("encoding/json refuses a message the codec accepted: %v", err)
+	}
+	if err := json.Unmarshal(msg["filters"], &filters); err != nil {
+		t.Fatalf("encoding/json refuses filters the codec accepted: %v", err)
+	}
+	n := 0
+	for _, raw := range filters {
+		// Tokens at depth 1: an array's elements, or an object's keys
+		// and values (two per member).
+		tokens, depth := 0, 0
+		d := json.NewDecoder(bytes.NewReader(raw))
+		for {
+			tok, err := d.Token()
+			if err != nil {
+				break
+			}
+			switch tok {
+			case json.Delim(']'), json.Delim('}'):
+				depth--
+				continue
+			}
+			if depth == 1 {
+				tokens++
+			}
+			if tok == json.Delim('[') || tok == json.Delim('{') {
+				depth++
+			}
+		}
+		if bytes.HasPrefix(bytes.TrimSpace(raw), []byte("{")) {
+			tokens /= 2
+		}
+		n += tokens
+	}
+	return n
 }

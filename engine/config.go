@@ -25,9 +25,15 @@ type Config struct {
 	// Empty disables it (embedders may publish in-process only).
 	IngestSocket string
 
-	// MaxPendingMessages bounds the frames queued for one connection and not
-	// yet handed to the kernel.
+	// MaxPendingMessages and MaxPendingBytes bound what waits for one
+	// connection because its socket does not drain: frames held back once
+	// the kernel's buffers and the connection's write buffer are full
+	// (frames), and those plus the write buffer's bytes (bytes). A
+	// connection over either is closed as a slow consumer. Frames that only
+	// wait for the event loop's next write do not count: a reader that keeps
+	// up survives any burst.
 	MaxPendingMessages int
+	MaxPendingBytes    int
 	// HeartbeatInterval is how often the server pings every connection.
 	HeartbeatInterval time.Duration
 	// SessionTimeout closes a connection the client has sent nothing on for this long.
@@ -48,6 +54,10 @@ type Config struct {
 	MaxMessageSize int
 	// MaxSubscriptions bounds the subscriptions of one session.
 	MaxSubscriptions int
+	// MaxFilterValues bounds the values of one subscription's filters, all
+	// lists and label pairs together: a subscription's cost in the index
+	// and in the dispatcher's time grows with it.
+	MaxFilterValues int
 	// EchoPath, when set, serves a WebSocket echo endpoint on that path with
 	// the same engine, frame codec and permessage-deflate code: a testing
 	// aid for conformance suites such as Autobahn|Testsuite. Off by default.
@@ -105,6 +115,7 @@ func DefaultConfig() Config {
 		AdminListen:        ":9090",
 		IngestSocket:       "flarecast.sock",
 		MaxPendingMessages: 1000,
+		MaxPendingBytes:    1 << 20,
 		HeartbeatInterval:  30 * time.Second,
 		SessionTimeout:     5 * time.Minute,
 		CleanupInterval:    time.Minute,
@@ -115,6 +126,7 @@ func DefaultConfig() Config {
 		CompressionMinSize: 256,
 		MaxMessageSize:     64 << 10,
 		MaxSubscriptions:   100,
+		MaxFilterValues:    1000,
 		HandshakeTimeout:   10 * time.Second,
 		EventLoops:         runtime.GOMAXPROCS(0),
 		Board:              true,
@@ -142,6 +154,8 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("path must start with '/', got %q", c.Path))
 	}
 	positive("max-pending-messages", c.MaxPendingMessages)
+	positive("max-pending-bytes", c.MaxPendingBytes)
+	positive("max-filter-values", c.MaxFilterValues)
 	positive("broadcast-capacity", c.BroadcastCapacity)
 	positive("max-message-size", c.MaxMessageSize)
 	positive("max-subscriptions", c.MaxSubscriptions)

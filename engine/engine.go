@@ -51,6 +51,9 @@ type Engine struct {
 	adminAddr net.Addr
 	stopping  atomic.Bool
 	started   time.Time // the engine clock's zero
+
+	// The rate limiter's bucket, derived once from cfg (limits.go).
+	rateInterval, rateTolerance int64
 }
 
 // ErrStopped is returned by Publish once the engine is shutting down.
@@ -72,6 +75,9 @@ func New(cfg Config) (*Engine, error) {
 		loops:    make(map[gnet.EventLoop]*loop),
 		bootedCh: make(chan struct{}),
 		started:  time.Now(),
+	}
+	if cfg.RateLimit > 0 {
+		e.rateInterval, e.rateTolerance, _ = rateBucket(cfg.RateLimit, cfg.RateBurst) // Validate checked it
 	}
 	e.disp = newDispatcher(e)
 	if cfg.Broker != "" {
@@ -486,10 +492,10 @@ func (e *Engine) allLoops() []*loop {
 }
 
 // housekeeper drives the periodic work: heartbeat pings, idle and
-// handshake timeouts, expiry of detached sessions, and retrying writes to
-// connections that were over the high-water mark.
+// handshake timeouts, expiry of detached sessions, and the loops' retry
+// ticks for connections that wait (outbox.go).
 func (e *Engine) housekeeper(ctx context.Context) {
-	retry := time.NewTicker(10 * time.Millisecond)
+	retry := time.NewTicker(retryInterval)
 	defer retry.Stop()
 	heartbeat := time.NewTicker(e.cfg.HeartbeatInterval)
 	defer heartbeat.Stop()
@@ -502,7 +508,9 @@ func (e *Engine) housekeeper(ctx context.Context) {
 			return
 		case <-retry.C:
 			for _, l := range e.allLoops() {
-				l.retry()
+				if l.waitingCount.Load() > 0 {
+					_ = l.el.Execute(ctx, l.retryFn)
+				}
 			}
 			continue
 		case <-heartbeat.C:

@@ -5,8 +5,10 @@ import (
 	"github.com/flarecast/flarecast/event"
 )
 
-// Lanes order a connection's queue: control messages and critical events
-// first, then high, then normal. Within a lane frames keep message_id order.
+// Lanes order a connection's backlog — the frames that wait because its
+// socket does not drain (outbox.go): control messages and critical events
+// first, then high, then normal. Within a lane frames keep message_id
+// order, and a socket that drains gets every frame in message_id order.
 const (
 	laneCritical = iota
 	laneHigh

@@ -212,11 +212,20 @@ func (c *client) events(n int) []uint64 {
 	return ids
 }
 
-// expectSilence checks that nothing arrives within d.
+// expectSilence checks that nothing arrives within d and that the
+// connection is still open: only a read that times out counts as silence.
+// A close frame, a reset or EOF fails the test (a server that dropped the
+// client is not a server that sent nothing), and so does a message that is
+// not JSON. A timed-out read leaves a gorilla connection unusable, so this
+// must be the last read on c.
 func (c *client) expectSilence(d time.Duration) {
 	c.t.Helper()
-	if m, err := c.tryRead(d); err == nil {
+	m, err := c.tryRead(d)
+	switch {
+	case err == nil:
 		c.t.Fatalf("expected nothing, got %v", m)
+	case !isReadTimeout(err):
+		c.t.Fatalf("expected silence on an open connection for %v, but the read ended with: %v", d, err)
 	}
 }
 

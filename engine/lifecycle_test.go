@@ -269,6 +269,7 @@ func firstIDs(ids []uint64) []uint64 {
 func TestGracefulShutdownWithBacklog(t *testing.T) {
 	s := startServer(t, func(c *engine.Config) {
 		c.MaxPendingMessages = 1 << 20 // this test is not about slow consumers
+		c.MaxPendingBytes = 1 << 30
 	})
 	c := s.dial(t, "")
 	c.subscribe("all", map[string]any{})

@@ -1,6 +1,10 @@
 package engine
 
 import (
+	"fmt"
+	"io"
+	"math/bits"
+	"sync"
 	"sync/atomic"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -34,7 +38,7 @@ type engineMetrics struct {
 	resumesGap        *metrics.Counter
 	replayed          *metrics.Counter
 	sessionDuration   *metrics.PrometheusHistogram
-	latency           *metrics.PrometheusHistogram
+	latency           latencyHistogram
 	brokerAppend      *metrics.PrometheusHistogram
 	errors            map[string]*metrics.Counter
 	closes            map[string]*metrics.Counter
@@ -71,14 +75,13 @@ func newEngineMetrics() *engineMetrics {
 		replayed:          s.NewCounter("flarecast_replayed_events_total"),
 		sessionDuration: s.NewPrometheusHistogramExt("websocket_session_duration_seconds",
 			[]float64{1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600}),
-		latency: s.NewPrometheusHistogramExt("websocket_message_latency_seconds",
-			metrics.ExponentialBuckets(0.0001, 2, 16)), // 100µs … 3.3s
 		brokerAppend: s.NewPrometheusHistogramExt("flarecast_broker_append_seconds",
 			metrics.ExponentialBuckets(0.0001, 2, 14)),
 		errors:  make(map[string]*metrics.Counter, len(errorCodes)),
 		closes:  make(map[string]*metrics.Counter, len(closeReasons)),
 		refused: make(map[string]*metrics.Counter, len(refusalReasons)),
 	}
+	s.RegisterMetricsWriter(m.latency.writePrometheus)
 	s.NewGauge("websocket_active_connections", func() float64 { return float64(m.activeConnections.Load()) })
 	s.NewGauge("websocket_active_subscriptions", func() float64 { return float64(m.activeSubscriptions.Load()) })
 	s.NewGauge("flarecast_history_events", func() float64 { return float64(m.historyLen.Load()) })
@@ -112,4 +115,70 @@ func (m *engineMetrics) refuse(reason string) {
 	if c := m.refused[reason]; c != nil {
 		c.Inc()
 	}
+}
+
+// Latency buckets: 100µs doubling to 3.3s, as websocket_message_latency_seconds
+// always had.
+const (
+	latencyFirstBucket int64 = 100 * 1000 // ns
+	latencyBuckets           = 16
+)
+
+// latencyHistogram is websocket_message_latency_seconds, from each event's
+// acceptance to its frame being written to a connection. It is recorded for
+// every delivery, so it is sharded per event loop: a delivery costs two
+// uncontended atomic adds on its loop's shard, not a process-wide lock.
+// Scrapes add the shards up.
+type latencyHistogram struct {
+	mu     sync.Mutex
+	shards []*latencyShard
+}
+
+type latencyShard struct {
+	counts   [latencyBuckets + 1]atomic.Uint64 // the last one is +Inf
+	sumNanos atomic.Uint64
+}
+
+// shard returns a new shard for one event loop.
+func (h *latencyHistogram) shard() *latencyShard {
+	s := new(latencyShard)
+	h.mu.Lock()
+	h.shards = append(h.shards, s)
+	h.mu.Unlock()
+	return s
+}
+
+// observe records one delivery that took ns nanoseconds.
+func (s *latencyShard) observe(ns int64) {
+	ns = max(ns, 0)
+	// Bucket i holds (100µs·2^(i-1), 100µs·2^i].
+	i := 0
+	if ns > latencyFirstBucket {
+		i = min(bits.Len64(uint64(ns-1)/uint64(latencyFirstBucket)), latencyBuckets)
+	}
+	s.counts[i].Add(1)
+	s.sumNanos.Add(uint64(ns))
+}
+
+func (h *latencyHistogram) writePrometheus(w io.Writer) {
+	const name = "websocket_message_latency_seconds"
+	var counts [latencyBuckets + 1]uint64
+	var sum uint64
+	h.mu.Lock()
+	for _, s := range h.shards {
+		for i := range counts {
+			counts[i] += s.counts[i].Load()
+		}
+		sum += s.sumNanos.Load()
+	}
+	h.mu.Unlock()
+	var cumulative uint64
+	for i := range latencyBuckets {
+		cumulative += counts[i]
+		fmt.Fprintf(w, "%s_bucket{le=\"%v\"} %d\n", name, float64(int64(latencyFirstBucket)<<i)/1e9, cumulative)
+	}
+	cumulative += counts[latencyBuckets]
+	fmt.Fprintf(w, "%s_bucket{le=\"+Inf\"} %d\n", name, cumulative)
+	fmt.Fprintf(w, "%s_sum %g\n", name, float64(sum)/1e9)
+	fmt.Fprintf(w, "%s_count %d\n", name, cumulative)
 }

@@ -44,6 +44,7 @@ func TestPriorityUnderBacklog(t *testing.T) {
 	t.Parallel()
 	s := startServer(t, func(c *engine.Config) {
 		c.MaxPendingMessages = 1 << 20 // a backlog, not a slow-consumer disconnect
+		c.MaxPendingBytes = 1 << 30
 	})
 	c, _ := s.dialWelcome(t, "", smallBufferDialer(4096))
 	c.subscribe("all", map[string]any{})

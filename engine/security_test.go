@@ -329,8 +329,10 @@ func TestSecurityTenantBoundary(t *testing.T) {
 	live := s.mustPublish(t, lines...)
 	secOnlyTenant(t, "live", secReadTenants(t, alice, live[len(live)-2]), "acme", 4)
 
-	// Resume: alice drops, both tenants publish, alice comes back.
+	// Resume: alice acks what she read and drops, both tenants publish,
+	// alice comes back.
 	session := alice.sessionID
+	alice.send(map[string]any{"type": "ack", "message_id": live[len(live)-2]})
 	alice.ws.Close()
 	secWaitMetric(t, s, "websocket_active_connections", 0)
 	lines = lines[:0]

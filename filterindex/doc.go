@@ -64,7 +64,9 @@
 // thus stop growing with subscriptions that have something narrower to
 // offer, which is what keeps Match's cost tied to near matches. The choice
 // is made once, at Add; a value that becomes popular later keeps the
-// subscriptions it already has.
+// subscriptions it already has. A slot counts at most 32,767 predicates; a
+// filter with more (label pairs are one predicate each) is posted under the
+// lightest 32,767 and the rest are checked the same way.
 //
 // # Subscriptions with one predicate skip the counter
 //
@@ -79,8 +81,10 @@
 // # Posting lists: slices, not roaring bitmaps
 //
 // A posting list is a plain slice of 12-byte entries in arbitrary order.
-// Removal is O(1): each slot remembers its position in every list it is on,
-// and Remove swaps the list's last entry into the hole. Roaring bitmaps of
+// Removal is O(1) per entry: each slot remembers its position in every list
+// it is on, each entry (in a parallel array Match never reads) which of its
+// slot's refs points at it, and Remove swaps the list's last entry into the
+// hole and fixes that entry's ref. Roaring bitmaps of
 // slot numbers were measured against this on the same postings (see
 // BenchmarkPostings in roaring_test.go): Match only ever walks whole lists,
 // never intersects them, which a flat slice does at memory speed while

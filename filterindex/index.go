@@ -1,6 +1,7 @@
 package filterindex
 
 import (
+	"cmp"
 	"math"
 	"slices"
 
@@ -38,7 +39,9 @@ const (
 	resourceSeen = 1 << 15
 	// needChecks is the bit of slot.need that says the subscription has
 	// checked predicates; the low bits are k.
-	needChecks    = 1 << 15
+	needChecks = 1 << 15
+	// maxPredicates is the most posted predicates a slot can count; a
+	// filter with more has the rest checked (see capPosted).
 	maxPredicates = needChecks - 1
 
 	// counted is entry.owner for a subscription that Match must handle
@@ -103,7 +106,13 @@ type Index struct {
 	freeSlots []SubID
 	live      int
 
-	postings     []posting
+	postings []posting
+	// backs parallels postings, for Remove only (Match never reads it):
+	// backs[pid][i] is the index, in ix.refs of entry i's slot, of the ref
+	// that points at entry i of posting pid. With it, moving an entry to
+	// fill a hole fixes the entry's ref in O(1), however many refs its
+	// slot has; searching them made Remove quadratic in a filter's size.
+	backs        [][]uint32
 	freePostings []uint32
 	values       [numFields]map[string]uint32 // value -> posting id
 	labels       map[string]map[string]uint32 // label key -> value -> posting id
@@ -111,6 +120,9 @@ type Index struct {
 	// broad is the posting length from which a value is checked rather
 	// than posted; see the package doc.
 	broad int
+	// maxPosted is the most predicates a subscription is posted under
+	// (maxPredicates; tests lower it); see capPosted.
+	maxPosted int
 
 	epoch uint32 // current Match call, for slot counters; never 0
 	// ownerSet has the bit of every owner the current Match has appended;
@@ -124,9 +136,11 @@ type Index struct {
 // New returns an empty Index.
 func New() *Index {
 	ix := &Index{
-		postings: []posting{matchAllPosting: {field: fieldMatchAll}},
-		labels:   make(map[string]map[string]uint32),
-		broad:    defaultBroad,
+		postings:  []posting{matchAllPosting: {field: fieldMatchAll}},
+		backs:     make([][]uint32, 1),
+		labels:    make(map[string]map[string]uint32),
+		broad:     defaultBroad,
+		maxPosted: maxPredicates,
 	}
 	for i := range ix.values {
 		ix.values[i] = make(map[string]uint32)
@@ -140,7 +154,9 @@ func (ix *Index) Len() int { return ix.live }
 // Add registers a subscription of owner with filter f and returns its id.
 // f should be normalized (see Filter.Normalize); Add copes with one that is
 // not, at the cost of an allocation. Add keeps no reference to f. It panics
-// if owner is math.MaxUint32 or f has more than 32,000-odd predicates.
+// if owner is math.MaxUint32. A filter may list any number of values and
+// label pairs: beyond the maxPredicates lightest, predicates are checked
+// instead of posted (see capPosted).
 func (ix *Index) Add(owner uint32, f *Filter) SubID {
 	if owner == counted {
 		panic("filterindex: owner out of range")
@@ -199,14 +215,14 @@ func (ix *Index) Add(owner uint32, f *Filter) SubID {
 		open[lightest].checked = false
 		need = 1
 	}
+	if need > ix.maxPosted {
+		need = ix.capPosted(open, need)
+	}
 	checks := len(open) > need
 	if need == 0 && masked {
 		open = append(open, pred{field: anchor, values: lists[anchor]})
 		reject &^= enums[anchor].all
 		need = 1
-	}
-	if need > maxPredicates {
-		panic("filterindex: filter has too many predicates")
 	}
 	entries := 0
 	for _, p := range open {
@@ -255,6 +271,26 @@ func (ix *Index) Add(owner uint32, f *Filter) SubID {
 	return id
 }
 
+// capPosted keeps a slot's counter in range for a filter with more posted
+// predicates (need) than it can count (maxPredicates; it takes over 32,000
+// label pairs): it leaves the lightest posted and checks the others, as it
+// does broad ones, and returns the new need. Matching stays exact; a
+// candidate pays for verifying the checked ones. The codec's limit on filter
+// values keeps subscriptions from clients far below this.
+func (ix *Index) capPosted(open []pred, need int) int {
+	posted := make([]int, 0, need)
+	for i := range open {
+		if !open[i].checked {
+			posted = append(posted, i)
+		}
+	}
+	slices.SortStableFunc(posted, func(a, b int) int { return cmp.Compare(open[a].weight, open[b].weight) })
+	for _, i := range posted[ix.maxPosted:] {
+		open[i].checked = true
+	}
+	return ix.maxPosted
+}
+
 // pred is one open predicate of a filter being added: a field's list of
 // values (any of which satisfies it) or one label pair.
 type pred struct {
@@ -290,6 +326,7 @@ func (ix *Index) attach(pid uint32, e entry, checked bool, refs []ref) []ref {
 		p.checks++
 		return append(refs, ref{posting: pid, pos: checkedPos})
 	}
+	ix.backs[pid] = append(ix.backs[pid], uint32(len(refs)))
 	refs = append(refs, ref{posting: pid, pos: uint32(len(p.entries))})
 	p.entries = append(p.entries, e)
 	return refs
@@ -357,6 +394,7 @@ func (ix *Index) newPosting(fld field, key event.Label) uint32 {
 		return pid
 	}
 	ix.postings = append(ix.postings, posting{key: key, field: fld})
+	ix.backs = append(ix.backs, nil)
 	return uint32(len(ix.postings) - 1)
 }
 
@@ -388,31 +426,32 @@ func (ix *Index) Remove(id SubID) {
 }
 
 // unlink removes the entry r points at by moving the list's last entry into
-// its place and fixing the moved entry's ref.
+// its place and fixing the moved entry's ref, in O(1).
 func (ix *Index) unlink(r ref) {
 	p := &ix.postings[r.posting]
+	back := ix.backs[r.posting]
 	last := uint32(len(p.entries) - 1)
 	if r.pos != last {
 		moved := p.entries[last]
 		p.entries[r.pos] = moved
-		mrefs := ix.refs[moved.slot]
-		for j := range mrefs {
-			if mrefs[j].posting == r.posting && mrefs[j].pos == last {
-				mrefs[j].pos = r.pos
-				break
-			}
-		}
+		back[r.pos] = back[last]
+		ix.refs[moved.slot][back[last]].pos = r.pos
 	}
 	p.entries = p.entries[:last]
+	ix.backs[r.posting] = back[:last]
 
-	switch {
-	case last == 0:
+	if last == 0 {
 		if p.checks == 0 && r.posting != matchAllPosting {
 			ix.dropPosting(r.posting)
 		}
-	case cap(p.entries) > 64 && len(p.entries) < cap(p.entries)/4:
-		// Give memory back after a mass unsubscribe from a popular value.
+		return
+	}
+	// Give memory back after a mass unsubscribe from a popular value.
+	if cap(p.entries) > 64 && len(p.entries) < cap(p.entries)/4 {
 		p.entries = append(make([]entry, 0, 2*len(p.entries)), p.entries...)
+	}
+	if b := ix.backs[r.posting]; cap(b) > 64 && len(b) < cap(b)/4 {
+		ix.backs[r.posting] = append(make([]uint32, 0, 2*len(b)), b...)
 	}
 }
 
@@ -439,6 +478,9 @@ func (ix *Index) dropPosting(pid uint32) {
 	}
 	if cap(p.entries) > 8 {
 		p.entries = nil
+	}
+	if cap(ix.backs[pid]) > 8 {
+		ix.backs[pid] = nil
 	}
 	p.key = event.Label{}
 	ix.freePostings = append(ix.freePostings, pid)

@@ -114,7 +114,7 @@ func linearOwners(subs []liveSub, ev *event.Event) []uint32 {
 // checkInvariants verifies the bookkeeping: every posted ref of every live
 // slot points at an entry of that slot carrying what Match needs, checked
 // refs come last and are counted by their postings, every posting entry is
-// accounted for by a ref, the maps index exactly the postings in use, and
+// accounted for by a ref and points back at it, the maps index exactly the postings in use, and
 // the owner set is clear between calls.
 func checkInvariants(t *testing.T, ix *Index) {
 	t.Helper()
@@ -153,8 +153,19 @@ func checkInvariants(t *testing.T, ix *Index) {
 		t.Fatalf("live %d, Len %d, free %d, slots %d", live, ix.Len(), len(ix.freeSlots), len(ix.slots))
 	}
 	entries, inUse := 0, 0
+	if len(ix.backs) != len(ix.postings) {
+		t.Fatalf("%d backs for %d postings", len(ix.backs), len(ix.postings))
+	}
 	for pid, p := range ix.postings {
 		entries += len(p.entries)
+		if len(ix.backs[pid]) != len(p.entries) {
+			t.Fatalf("posting %d: %d entries, %d backs", pid, len(p.entries), len(ix.backs[pid]))
+		}
+		for i, e := range p.entries {
+			if b := ix.backs[pid][i]; int(b) >= len(ix.refs[e.slot]) || ix.refs[e.slot][b] != (ref{posting: uint32(pid), pos: uint32(i)}) {
+				t.Fatalf("posting %d entry %d (slot %d): back %d does not point at its ref", pid, i, e.slot, b)
+			}
+		}
 		if p.checks != checks[uint32(pid)] {
 			t.Fatalf("posting %d (%+v) counts %d checks, refs say %d", pid, p.key, p.checks, checks[uint32(pid)])
 		}
@@ -183,22 +194,29 @@ func checkInvariants(t *testing.T, ix *Index) {
 func TestPropertyMatchesLinearScan(t *testing.T) {
 	// broad 4 checks most predicates; the default checks only those on
 	// the small vocabularies' most popular values.
+	// maxPosted 1 and 2 stand for the cap on a slot's counter
+	// (maxPredicates): past it, the heaviest predicates are checked.
 	runs := []struct {
-		broad int
-		seed  uint64
-	}{{defaultBroad, 1}, {defaultBroad, 2}, {defaultBroad, 0xf1a7eca5}, {4, 1}, {4, 3}}
+		broad, maxPosted int
+		seed             uint64
+	}{
+		{defaultBroad, maxPredicates, 1}, {defaultBroad, maxPredicates, 2}, {defaultBroad, maxPredicates, 0xf1a7eca5},
+		{4, maxPredicates, 1}, {4, maxPredicates, 3},
+		{defaultBroad, 1, 4}, {defaultBroad, 2, 5}, {4, 1, 6},
+	}
 	for _, run := range runs {
-		t.Run(fmt.Sprintf("broad=%d/seed=%d", run.broad, run.seed), func(t *testing.T) { propertyRun(t, run.seed, run.broad) })
+		name := fmt.Sprintf("broad=%d/maxPosted=%d/seed=%d", run.broad, run.maxPosted, run.seed)
+		t.Run(name, func(t *testing.T) { propertyRun(t, run.seed, run.broad, run.maxPosted) })
 	}
 }
 
 // propertyRun interleaves random adds and removes with random events and
 // checks after each event that the index reports exactly the owners a linear
 // scan with Filter.Matches finds.
-func propertyRun(t *testing.T, seed uint64, broad int) {
+func propertyRun(t *testing.T, seed uint64, broad, maxPosted int) {
 	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	ix := New()
-	ix.broad = broad
+	ix.broad, ix.maxPosted = broad, maxPosted
 	var subs []liveSub
 	var dst []uint32
 	events, matched := 0, 0

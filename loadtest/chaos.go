@@ -20,7 +20,9 @@ import (
 // message_id processed. A client's bitset of received events belongs to the
 // session, so an event counts as lost only when none of the session's
 // connections received it, and a duplicate is allowed only when it is a
-// replay of an event received after the last ack the server took.
+// replay the protocol allows: an event received before the drop at or above
+// the resume point the server made of the last ack it took (or, for a
+// session that never had an ack taken, any event since it began).
 
 var (
 	keyMessageID   = []byte(`"message_id":`)
@@ -29,10 +31,15 @@ var (
 	codeHistoryGap = []byte(`"HISTORY_GAP"`)
 )
 
-// Acks: each client acks the highest message_id it received every ackEvery
-// events or ackInterval, whichever comes first. Every load-test event is
-// normal priority, so the events of one connection arrive in message_id
-// order and the highest received proves everything below it.
+// Acks follow the plain rule of docs/protocol.md: each client acks the
+// highest message_id it received on the current connection, every ackEvery
+// events or ackInterval, whichever comes first. The server turns an ack of
+// N into a resume point itself: the lowest owed event not yet written when
+// the frame carrying N was written. Every load-test event is normal
+// priority, so the events of one connection arrive in message_id order and
+// that point is above N; an event that arrives below one already received
+// (counted in OutOfOrder) was not written before any frame received so far,
+// and lowers the resume point of their acks to it (overtaken).
 const (
 	ackEvery    = 50
 	ackInterval = 200 * time.Millisecond
@@ -51,24 +58,42 @@ const (
 // sentAck is one ack the client wrote.
 type sentAck struct {
 	id uint64
-	at time.Time
+	// floor bounds the resume point the server makes of this ack from
+	// below: it replays nothing at or below floor that the client received.
+	floor uint64
+	conn  int // the connection it was sent on (c.reconnects then)
+	at    time.Time
 }
 
-// settleAcks moves the acks written before now-ackTaken into sureAck.
+// settleAcks takes the acks written before now-ackTaken as applied: the
+// newest of them sets sureFloor.
 func (c *client) settleAcks(now time.Time) {
 	k := 0
 	for ; k < len(c.recentAcks) && now.Sub(c.recentAcks[k].at) >= ackTaken; k++ {
-		c.sureAck = max(c.sureAck, c.recentAcks[k].id)
+		c.sureFloor, c.sureConn = c.recentAcks[k].floor, c.recentAcks[k].conn
 	}
 	c.recentAcks = append(c.recentAcks[:0], c.recentAcks[k:]...)
 }
 
-// acknowledge records event id and sends a cumulative ack when one is due.
-// It runs on the reader goroutine.
+// overtaken lowers the floors of the acks sent on this connection: event id
+// arrived after a frame with a higher message_id, so it was not yet written
+// when any frame received so far was, and the resume point of an ack of
+// any of them is at most id.
+func (c *client) overtaken(id uint64) {
+	for i := range c.recentAcks {
+		c.recentAcks[i].floor = min(c.recentAcks[i].floor, id-1)
+	}
+	if c.sureConn == c.reconnects {
+		c.sureFloor = min(c.sureFloor, id-1)
+	}
+}
+
+// acknowledge records event id and sends an ack when one is due. It runs on
+// the reader goroutine, after connMaxID took id in.
 func (c *client) acknowledge(r *runner, id uint64, nowNS int64) {
 	c.maxID = max(c.maxID, id)
 	c.sinceAck++
-	if c.maxID <= c.acked {
+	if c.connMaxID <= c.connAcked {
 		return
 	}
 	now := time.Unix(0, nowNS)
@@ -78,13 +103,13 @@ func (c *client) acknowledge(r *runner, id uint64, nowNS int64) {
 	c.ack(r, now)
 }
 
-// ack sends the cumulative ack c.maxID. A new session acks at once after
-// subscribing (0 at the start, its since after a churn): a session that
-// never acked resumes after what the server wrote to its socket, and
-// events still in the socket buffers at a reset would be lost.
+// ack acknowledges the highest message_id received on this connection. A
+// session that has no ack taken replays everything it is owed since it
+// began, so nothing is acked before the first event.
 func (c *client) ack(r *runner, now time.Time) {
+	id := c.connMaxID
 	msg := append(c.ackBuf[:0], `{"type":"ack","message_id":`...)
-	msg = append(strconv.AppendUint(msg, c.maxID, 10), '}')
+	msg = append(strconv.AppendUint(msg, id, 10), '}')
 	c.ackBuf = msg
 	// mu orders the ack with a kill: it is written whole before the reset
 	// or not at all (and then not recorded).
@@ -92,9 +117,9 @@ func (c *client) ack(r *runner, now time.Time) {
 	err := c.write(ws.OpText, msg)
 	c.mu.Unlock()
 	if err == nil {
-		c.acked, c.ackedAt, c.sinceAck = c.maxID, now, 0
+		c.connAcked, c.ackedAt, c.sinceAck = id, now, 0
 		c.settleAcks(now)
-		c.recentAcks = append(c.recentAcks, sentAck{id: c.maxID, at: now})
+		c.recentAcks = append(c.recentAcks, sentAck{id: id, floor: id, conn: c.reconnects, at: now})
 		r.acks.Add(1)
 	}
 }
@@ -136,7 +161,7 @@ func (c *client) end() {
 // controller ends it, reconnects after a random pause: with the session id
 // after a reset (resume), as a new session after a clean close (churn).
 func (c *client) session(ctx context.Context, r *runner, d *ws.Dialer) {
-	c.ack(r, time.Now())
+	c.sureConn = -1 // no ack taken: the session replays from its start
 	for {
 		c.readLoop(r)
 		if !c.killed.Load() || r.closing.Load() || ctx.Err() != nil {
@@ -154,7 +179,7 @@ func (c *client) session(ctx context.Context, r *runner, d *ws.Dialer) {
 			c.replayFloor = c.maxID
 		} else {
 			c.settleAcks(killedAt)
-			c.replayFloor = c.sureAck
+			c.replayFloor = c.sureFloor
 		}
 		c.replayTop = c.maxID
 		url := r.urls[c.id%len(r.urls)]
@@ -177,20 +202,19 @@ func (c *client) session(ctx context.Context, r *runner, d *ws.Dialer) {
 			}
 			return
 		}
-		// acked is what the old session's server state holds; a new
-		// session starts with nothing acked.
+		// A resumed session keeps the resume point of the last ack the
+		// server took; a new session (subscribed with since = maxID) has
+		// none and replays from its since.
 		switch {
 		case clean:
 			r.churned.Add(1)
-			c.acked, c.sureAck, c.recentAcks = 0, 0, c.recentAcks[:0]
-			c.ack(r, time.Now())
+			c.sureFloor, c.sureConn = c.maxID, -1
 		case c.sessionID == old:
 			r.resumed.Add(1)
 		default:
 			// The session was gone: connect subscribed again with since.
 			r.notResumed.Add(1)
-			c.replayFloor, c.acked, c.sureAck, c.recentAcks = c.maxID, 0, 0, c.recentAcks[:0]
-			c.ack(r, time.Now())
+			c.replayFloor, c.sureFloor, c.sureConn = c.maxID, c.maxID, -1
 		}
 		c.ackedAt = time.Time{}
 	}
@@ -259,7 +283,8 @@ type ChaosStats struct {
 	HistoryGaps       int64 `json:"history_gap_errors"`
 	Acks              int64 `json:"acks_sent"`
 	// ReplayDuplicates are events received again after a reconnect that
-	// had been received after the last ack: allowed (at-least-once).
+	// had been received at or above the resume point of the last ack the
+	// server took: allowed (at-least-once).
 	// Illegal duplicates are Deliveries.Duplicates.
 	ReplayDuplicates int64 `json:"replay_duplicates_allowed"`
 	// OutOfOrder counts events that arrived on a connection after one with

@@ -68,23 +68,27 @@ type client struct {
 	killed    atomic.Bool // the chaos controller ended this connection on purpose
 	clean     bool        // ...with a close frame (churn): start a new session
 	sessionID string
-	maxID     uint64 // highest message_id received (all events are normal priority: in order)
-	acked     uint64 // last ack sent
+	maxID     uint64 // highest message_id received in the session (all events are normal priority: in order)
+	connAcked uint64 // last ack sent on the current connection
 	ackedAt   time.Time
-	// recentAcks are the acks sent less than ackTaken ago; sureAck is the
-	// highest one older: the server surely took it (see chaos.go).
+	// recentAcks are the acks sent on the current connection less than
+	// ackTaken ago; sureFloor is the replay floor of the newest ack older
+	// than that, which the server surely took, or the session's start when
+	// it took none (see chaos.go).
 	recentAcks []sentAck
-	sureAck    uint64
+	sureFloor  uint64
+	sureConn   int // the connection sureFloor's ack was sent on (-1: none)
 	killedAt   time.Time
 	sinceAck   int
 	reconnects int
 	// After a reconnect, a duplicate with a message_id in (replayFloor,
-	// replayTop] is an allowed replay: received before the drop but after
-	// the last ack. Any other duplicate is a bug.
+	// replayTop] is an allowed replay: received before the drop, at or
+	// above the resume point the server made of the last ack it took. Any
+	// other duplicate is a bug.
 	replayFloor, replayTop uint64
 	replayDups             int64
 	ackBuf                 []byte
-	connMaxID              uint64 // highest message_id on the current connection
+	connMaxID              uint64 // highest message_id on the current connection: what the client acks
 	outOfOrder             int64  // events below connMaxID: the server broke its order
 	connEvents             int    // events received on the current connection
 	gapNote                string // the first gap seen on one connection (see readLoop)
@@ -119,7 +123,8 @@ func (c *client) connect(ctx context.Context, d *ws.Dialer, url string, timeout 
 	if !ended {
 		c.conn = conn
 		c.killed.Store(false)
-		c.connMaxID, c.connEvents = 0, 0
+		c.connMaxID, c.connEvents, c.connAcked = 0, 0, 0
+		c.recentAcks = c.recentAcks[:0] // the old connection's acks are stale here
 	}
 	c.mu.Unlock()
 	if ended {
@@ -298,6 +303,7 @@ func (c *client) readLoop(r *runner) {
 		if r.chaotic {
 			if ev.id <= c.connMaxID {
 				c.outOfOrder++
+				c.overtaken(ev.id)
 			}
 			c.connMaxID = max(c.connMaxID, ev.id)
 			c.acknowledge(r, ev.id, now)

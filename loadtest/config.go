@@ -108,6 +108,11 @@ type Config struct {
 	// ProgressInterval while events are published and fails the run unless
 	// memory is flat (see Flatness).
 	CheckMemoryFlat bool
+	// Abusers runs one abusive client of each kind (abuse.go) beside the
+	// healthy ones while events are published: "off", "on", or "both" —
+	// the same workload twice in one invocation, first without them, then
+	// with them, and the two compared.
+	Abusers string
 
 	// Out is the directory the JSON result and charts are written to ("" writes none).
 	Out string
@@ -117,7 +122,7 @@ type Config struct {
 }
 
 // Scenarios lists the presets, in documentation order.
-var Scenarios = []string{"density", "seed", "fanout", "broadcast", "smoke", "chaos", "soak"}
+var Scenarios = []string{"density", "seed", "fanout", "broadcast", "smoke", "chaos", "soak", "abuse"}
 
 // Preset returns the configuration of a named scenario:
 //
@@ -131,6 +136,11 @@ var Scenarios = []string{"density", "seed", "fanout", "broadcast", "smoke", "cha
 //	soak       2,000 connections, 500 events/s matching 10, 10 min; 1%/s reset
 //	           and resume, 1%/s close cleanly and reopen; memory must stay flat
 //	           (a spawned server keeps sessions 10 s and 5,000 events)
+//	abuse      5,000 healthy connections, 200 events/s matching 100 (2%), 30 s,
+//	           run twice: without, then with one abusive client of each kind
+//	           (never reads, ping flood, 64 KiB re-subscribe loops, garbage
+//	           frames, acks far ahead); compares the healthy clients' latency,
+//	           loss and the server's RSS
 func Preset(name string) (Config, error) {
 	c := Config{
 		Scenario:             name,
@@ -153,6 +163,7 @@ func Preset(name string) (Config, error) {
 		Out:                  "loadtest-out",
 		ProgressInterval:     time.Second,
 		ServerProfileSeconds: 20,
+		Abusers:              "off",
 	}
 	switch name {
 	case "density":
@@ -178,6 +189,9 @@ func Preset(name string) (Config, error) {
 		// run, so growth after that is a leak, not a filling window.
 		// Resumes come within a second, well inside both.
 		c.ServerArgs = []string{"--session-timeout=10s", "--cleanup-interval=2s", "--history-size=5000"}
+	case "abuse":
+		c.Conns, c.Rate, c.Match, c.Duration = 5000, 200, 100, 30*time.Second
+		c.Abusers = "both"
 	default:
 		return Config{}, fmt.Errorf("unknown scenario %q (want one of %s)", name, strings.Join(Scenarios, ", "))
 	}
@@ -201,7 +215,9 @@ func ParseArgs(args []string, out io.Writer) (Config, error) {
 			"  broadcast  10,000 connections, 10 events/s, every event matching all\n"+
 			"  smoke      200 connections, 200 events/s matching 10, 2 s\n"+
 			"  chaos      2,000 connections, 500 events/s matching 10, 60 s; 2%%/s of the connections reset and resume\n"+
-			"  soak       2,000 connections, 500 events/s matching 10, 10 min; 1%%/s reset, 1%%/s churn; memory must stay flat\n\nflags (--conns, --rate, --duration, --match and --settle default to the scenario's values; density's are shown):\n")
+			"  soak       2,000 connections, 500 events/s matching 10, 10 min; 1%%/s reset, 1%%/s churn; memory must stay flat\n"+
+			"  abuse      5,000 connections, 200 events/s matching 100, 30 s, twice: without, then with one abusive client\n"+
+			"             of each kind (never reads, ping flood, 64 KiB re-subscribes, garbage frames, acks far ahead)\n\nflags (--conns, --rate, --duration, --match and --settle default to the scenario's values; density's are shown):\n")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&c.Scenario, "scenario", "density", "preset: "+strings.Join(Scenarios, ", "))
@@ -239,6 +255,7 @@ func ParseArgs(args []string, out io.Writer) (Config, error) {
 	fs.Float64Var(&c.DropRate, "drop-rate", base.DropRate, "fraction of the connections per second reset (TCP RST) and resumed while publishing (chaos: 0.02)")
 	fs.Float64Var(&c.ChurnRate, "churn-rate", base.ChurnRate, "fraction of the connections per second closed cleanly and replaced by a new session (soak: 0.01)")
 	fs.BoolVar(&c.CheckMemoryFlat, "check-memory-flat", base.CheckMemoryFlat, "sample server memory while publishing; fail unless the last quarter is within 15% + 4 MiB of the second (soak: true)")
+	fs.StringVar(&c.Abusers, "abusers", base.Abusers, "one abusive client of each kind beside the healthy ones while publishing: off (false), on (true), or both (run without, then with them, and compare; abuse: both)")
 	fs.StringVar(&c.Out, "out", base.Out, "directory for the JSON result and charts (empty: none)")
 	fs.DurationVar(&c.ProgressInterval, "progress-interval", base.ProgressInterval, "progress line and timeline sampling interval")
 	if err := fs.Parse(args); err != nil {
@@ -279,6 +296,14 @@ func ParseArgs(args []string, out io.Writer) (Config, error) {
 	if !set["check-memory-flat"] {
 		c.CheckMemoryFlat = p.CheckMemoryFlat
 	}
+	switch {
+	case !set["abusers"]:
+		c.Abusers = p.Abusers
+	case c.Abusers == "true":
+		c.Abusers = "on"
+	case c.Abusers == "false":
+		c.Abusers = "off"
+	}
 	// The scenario's server arguments come first: --server-arg wins.
 	c.ServerArgs = append(p.ServerArgs[:len(p.ServerArgs):len(p.ServerArgs)], c.ServerArgs...)
 	if c.Mix, err = ParseMix(mix); err != nil {
@@ -312,6 +337,15 @@ func (c *Config) Validate() error {
 	if len(c.Mix) == 0 {
 		errs = append(errs, errors.New("the filter mix is empty"))
 	}
+	switch c.Abusers {
+	case "", "off":
+	case "on", "both":
+		if c.PublishOnly || c.Rate <= 0 {
+			errs = append(errs, errors.New("--abusers needs connections and a publish rate (not --publish-only, not --rate 0)"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("--abusers: want off, on or both, got %q", c.Abusers))
+	}
 	if !c.Spawn {
 		for _, u := range c.URLs() {
 			if err := checkLoopbackURL(u, "ws"); err != nil {
@@ -342,6 +376,9 @@ func (c *Config) groups(conns int) int {
 
 // chaotic is whether connections are dropped or churned during the run.
 func (c *Config) chaotic() bool { return c.DropRate > 0 || c.ChurnRate > 0 }
+
+// abusive is whether this run has the abusers beside the healthy clients.
+func (c *Config) abusive() bool { return c.Abusers == "on" }
 
 func (c *Config) name() string {
 	if c.Name != "" {

@@ -30,19 +30,21 @@
 // chaos (issue 5: 2,000 connections, 500 events/s matching 10, 60 s), 2% of
 // the connections per second are reset at random (SetLinger(0), Close: an
 // RST) and reconnect after 0–500 ms with ?session_id=, expecting
-// welcome{"resumed":true}. Every client acks the highest message_id it has
-// received every 200 ms or 50 events (all load-test events are normal
-// priority, so they arrive in order and that id proves everything below
-// it), and a new session acks at once after subscribing, so that no resume
-// ever starts from what the server merely wrote to a socket. A client is a session: its bitset outlives its connections, so an
-// event is lost only if none of the session's connections received it. A
-// duplicate is allowed only when it was received before the reset and after
-// the last ack the server surely took (one written at least a second before
+// welcome{"resumed":true}. Every client follows the plain ack rule of
+// docs/protocol.md: it acks the highest message_id it has received on the
+// current connection, every 200 ms or 50 events. A client is a session: its
+// bitset outlives its connections, so an event is lost only if none of the
+// session's connections received it. A duplicate is allowed only when it
+// was received before the reset at or above the resume point the server
+// made of the last ack it surely took (one written at least a second before
 // the reset: an ack written just before may still be unread on the old
-// connection when the resume arrives, and the server then replays from the
-// ack before); any other duplicate is a bug. The run fails on a loss or an
-// illegal duplicate, and reports resumes, HISTORY_GAP errors and events out
-// of message_id order on one connection.
+// connection when the resume arrives, and the server then ignores it); a
+// session with no ack taken may replay everything since it began. All
+// load-test events are normal priority, so that resume point is just above
+// the ack unless events arrived out of order, which lowers it (chaos.go).
+// Any other duplicate is a bug. The run fails on a loss or an illegal
+// duplicate, and reports resumes, HISTORY_GAP errors and events out of
+// message_id order on one connection.
 //
 // soak (issue 10: 10 minutes by default, 60 s in CI) adds churn: 1% of the
 // connections per second close cleanly and a new session takes each one's
@@ -54,4 +56,16 @@
 // session timeout and a 5,000-event history so that what it legitimately
 // holds is full within the first quarter; against a server of your own,
 // give it similar settings or a run long enough to fill its windows.
+//
+// abuse (issue 13: 5,000 connections, 200 events/s matching 100, 30 s)
+// runs the same workload twice in one invocation (Config.Abusers "both"):
+// without, then with one abusive client of each kind beside the healthy
+// ones while events are published (abuse.go): one that subscribes to
+// everything and never reads; a ping flood that never reads; re-subscribe
+// loops with a 64 KiB filter and with 999 values; garbage frames with
+// reconnects; acks of message_id 1e15 with periodic resumes, counting the
+// events it was owed and never got. It reports the healthy clients'
+// latency, loss and duplicates and the server's RSS for both runs and their
+// ratio, and what each abuser sent and was answered. Every abuser is
+// bounded in rate and stops with the run.
 package loadtest

@@ -34,6 +34,9 @@ type Result struct {
 	Loadtest    LoadtestStats   `json:"loadtest"`
 	// Chaos holds the chaos and soak scenarios' figures.
 	Chaos *ChaosStats `json:"chaos,omitempty"`
+	// Abuse compares the healthy clients without and with the abusers,
+	// and says what each abuser did (--abusers).
+	Abuse *AbuseReport `json:"abuse,omitempty"`
 
 	// Timeline has one sample per progress interval: latency percentiles
 	// of the deliveries in that interval, and throughput.
@@ -61,6 +64,7 @@ type Settings struct {
 	AdminURL     string   `json:"admin_url,omitempty"`
 	IngestSocket string   `json:"ingest_socket,omitempty"`
 	ForceGC      bool     `json:"force_gc"`
+	Abusers      string   `json:"abusers,omitempty"`
 }
 
 // MachineStats say how loaded the (shared) machine was while events flowed
@@ -133,6 +137,7 @@ type ServerStats struct {
 	RSSAfter   int64   `json:"rss_after_bytes"`
 	RSSPerConn float64 `json:"rss_per_conn_bytes"`
 	RSSEnd     int64   `json:"rss_end_bytes"`
+	HeapEnd    int64   `json:"heap_inuse_end_bytes"`
 
 	MetricsRSSBefore  int64   `json:"metrics_rss_before_bytes"`
 	MetricsRSSAfter   int64   `json:"metrics_rss_after_bytes"`
@@ -224,7 +229,7 @@ func (r *Result) WriteTable(w io.Writer) {
 			100*ch.DropRate, 100*ch.ChurnRate, num(float64(ch.Resets)), num(float64(ch.Closes)))
 		row("reconnects", "%s resumed (resumed:true), %s not resumed, %s new sessions after a close, %d failed; %s acks sent",
 			num(float64(ch.Resumed)), num(float64(ch.NotResumed)), num(float64(ch.Churned)), ch.ReconnectFailures, num(float64(ch.Acks)))
-		row("at-least-once", "lost %d, illegal duplicates %d, replayed after the last ack (allowed) %s, HISTORY_GAP errors %d, out of order %d",
+		row("at-least-once", "lost %d, illegal duplicates %d, replayed from the resume point (allowed) %s, HISTORY_GAP errors %d, out of order %d",
 			r.Deliveries.Lost, r.Deliveries.Duplicates, num(float64(ch.ReplayDuplicates)), ch.HistoryGaps, ch.OutOfOrder)
 		if f := ch.Memory; f != nil {
 			verdict := "FLAT"
@@ -262,6 +267,9 @@ func (r *Result) WriteTable(w io.Writer) {
 		row("file", "%s", f)
 	}
 	tw.Flush()
+	if r.Abuse != nil {
+		r.Abuse.write(w)
+	}
 }
 
 func gcNote(forced bool) string {
@@ -289,17 +297,14 @@ func (r *Result) WriteFiles(dir string) error {
 	}
 	base := filepath.Join(dir, r.Name)
 	var files []string
-	if path := base + "-latency.png"; len(r.Timeline) > 0 && r.Deliveries.Received > 0 {
-		if err := latencyChart(r, path); err != nil {
+	if b := r.Abuse; b != nil && b.Baseline != nil {
+		// The first run's charts, beside the second's.
+		if err := b.Baseline.writeCharts(filepath.Join(dir, b.Baseline.Name), &files); err != nil {
 			return err
 		}
-		files = append(files, path)
 	}
-	if path := base + "-rss.png"; len(r.Memory) > 1 {
-		if err := rssChart(r, path); err != nil {
-			return err
-		}
-		files = append(files, path)
+	if err := r.writeCharts(base, &files); err != nil {
+		return err
 	}
 	jsonPath := base + ".json"
 	r.Files = append(files, jsonPath)
@@ -309,6 +314,23 @@ func (r *Result) WriteFiles(dir string) error {
 	}
 	if err := os.WriteFile(jsonPath, append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write result: %w", err)
+	}
+	return nil
+}
+
+// writeCharts writes the latency and RSS charts of the run to base-*.png.
+func (r *Result) writeCharts(base string, files *[]string) error {
+	if path := base + "-latency.png"; len(r.Timeline) > 0 && r.Deliveries.Received > 0 {
+		if err := latencyChart(r, path); err != nil {
+			return err
+		}
+		*files = append(*files, path)
+	}
+	if path := base + "-rss.png"; len(r.Memory) > 1 {
+		if err := rssChart(r, path); err != nil {
+			return err
+		}
+		*files = append(*files, path)
 	}
 	return nil
 }

@@ -90,13 +90,26 @@ func (r *runner) warn(format string, args ...any) {
 // Run performs one load test as cfg describes and returns what it measured.
 // Progress lines go to progress (stderr). The run is bounded: it ends after
 // the connect phase (at most cfg.ConnectTimeout), cfg.Duration of publishing
-// and at most cfg.DrainTimeout of draining, or when ctx ends.
+// and at most cfg.DrainTimeout of draining, or when ctx ends. With
+// cfg.Abusers "both" it runs twice (without, then with the abusers) and
+// returns the second run's result with the comparison in Result.Abuse.
 func Run(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if progress == nil {
 		progress = io.Discard
+	}
+	if cfg.Abusers == "both" {
+		return runAbuseBoth(ctx, cfg, progress)
+	}
+	return runOne(ctx, cfg, progress)
+}
+
+// runOne is one run: with the abusers when cfg.Abusers is "on".
+func runOne(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	r := &runner{cfg: cfg, progress: progress, lat: newRecorder(), inflated: newInflateCache(), total: newLatencyHistogram(),
 		failures: map[string]int{}, base: time.Now(), chaotic: cfg.chaotic()}
@@ -105,6 +118,8 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) {
 			r.tty = true
 		}
 	}
+	// Progress lines come from the sampler, warnings and notes from any goroutine.
+	r.progress = &lockedWriter{w: progress}
 	r.phase.Store("start")
 	res := &Result{Scenario: cfg.Scenario, Name: cfg.name(), Started: time.Now().UTC(), Command: strings.Join(os.Args, " ")}
 	res.Machine.LoadAvgStart = loadAvg()
@@ -186,7 +201,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) {
 	res.Server.PID = r.serverPID
 	res.Settings = Settings{Conns: n, Rate: cfg.Rate, DurationSec: cfg.Duration.Seconds(), Match: cfg.Match,
 		Mix: cfg.Mix.String(), EventSize: cfg.EventSize, Compression: cfg.Compression, Spawn: cfg.Spawn,
-		URL: cfg.URL, AdminURL: cfg.AdminURL, IngestSocket: cfg.IngestSocket, ForceGC: cfg.ForceGC}
+		URL: cfg.URL, AdminURL: cfg.AdminURL, IngestSocket: cfg.IngestSocket, ForceGC: cfg.ForceGC, Abusers: cfg.Abusers}
 	if cfg.Spawn {
 		res.Settings.ServerBin, res.Settings.ServerArgs = cfg.ServerBin, cfg.ServerArgs
 	}
@@ -304,6 +319,12 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) {
 				chaosDone.Add(1)
 				go func() { defer chaosDone.Done(); r.sampleMemory(ctx, stopChaos) }()
 			}
+			var ab *abusers
+			if cfg.abusive() {
+				r.phase.Store("abusers")
+				ab = r.startAbusers(ctx)
+				r.phase.Store("publish")
+			}
 			if err := r.publish(ctx); err != nil {
 				r.warn("publishing stopped: %v", err)
 			}
@@ -322,6 +343,10 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) {
 				doneAt = r.drain(ctx)
 				res.Deliveries.DrainSec = doneAt.Sub(drainStart).Seconds()
 			}
+			if ab != nil {
+				r.phase.Store("stop")
+				res.Abuse = &AbuseReport{Abusers: ab.finish(r)}
+			}
 		} else {
 			r.phase.Store("hold")
 			sleepCtx(ctx, cfg.Duration)
@@ -336,7 +361,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) {
 
 	// Server state at the end, before the clients go.
 	end := r.readMemory(context.WithoutCancel(ctx))
-	res.Server.RSSEnd = end.rss
+	res.Server.RSSEnd, res.Server.HeapEnd = end.rss, end.heap
 	res.Server.SlowConsumers = end.slow
 	stopSampling()
 	res.Loadtest.RSS, _ = procRSS(os.Getpid())
@@ -367,6 +392,14 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) {
 		res.Connections.Held == open && res.Connections.Dropped == 0
 	if ch := res.Chaos; ch != nil {
 		res.OK = res.OK && ch.ReconnectFailures == 0 && (ch.Memory == nil || ch.Memory.Flat)
+	}
+	if res.Abuse != nil {
+		res.Abuse.With = healthySummary(res)
+		for _, a := range res.Abuse.Abusers {
+			if a.Missing > 0 {
+				res.Warnings = append(res.Warnings, fmt.Sprintf("the %s client never received %d events it was owed: the server took an ack for an id it never sent", a.Kind, a.Missing))
+			}
+		}
 	}
 	fmt.Fprint(r.progress, r.clearLine())
 	return res, nil
@@ -756,8 +789,8 @@ func (r *runner) account(res *Result, pubStart, doneAt time.Time, c0, c1 cpu) {
 		for idx, s := uint64(0), uint64(c.group); s < published; idx, s = idx+1, s+G {
 			if r.accepted.has(s) && !c.got.has(idx) {
 				if d.Lost < 10 && r.chaotic {
-					r.warnings = append(r.warnings, fmt.Sprintf("lost: connection %d (group %d, %d reconnects, max message_id %d, acked %d) never received seq %d; first gap: %s",
-						c.id, c.group, c.reconnects, c.maxID, c.acked, s, c.gapNote))
+					r.warnings = append(r.warnings, fmt.Sprintf("lost: connection %d (group %d, %d reconnects, max message_id %d, last ack %d, replay floor %d) never received seq %d; first gap: %s",
+						c.id, c.group, c.reconnects, c.maxID, c.connAcked, c.sureFloor, s, c.gapNote))
 				}
 				d.Lost++
 			}
@@ -817,6 +850,18 @@ func (r *runner) account(res *Result, pubStart, doneAt time.Time, c0, c1 cpu) {
 		res.Server.CPUSecPer100kDeliv = res.Server.CPUSec / float64(d.Received) * 1e5
 	}
 	res.Loadtest.CPUSec = (c1.self - c0.self).Seconds()
+}
+
+// lockedWriter serializes writes to w (fmt writes each line in one call).
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // sleepCtx sleeps for d or until ctx ends.

@@ -69,6 +69,25 @@ func (h *History[T]) Append(id uint64, v T, size int) {
 	*h.at(h.n) = histEntry[T]{id: id, size: int64(size), v: v}
 	h.n++
 	h.bytes += int64(size)
+	h.Trim()
+}
+
+// Grow adds delta bytes to the size of the entry with the given id, if it
+// is held: for a value that grows after it was appended (a compressed copy
+// made on first use). It does not evict, so it may be called from an After
+// callback; the byte bound holds again after the next Trim or Append.
+func (h *History[T]) Grow(id uint64, delta int) {
+	if i := h.search(id); i < h.n {
+		if e := h.at(i); e.id == id {
+			e.size += int64(delta)
+			h.bytes += int64(delta)
+		}
+	}
+}
+
+// Trim evicts the oldest entries until the byte bound holds, keeping at
+// least the newest entry.
+func (h *History[T]) Trim() {
 	for h.maxBytes > 0 && h.bytes > h.maxBytes && h.n > 1 {
 		h.evict()
 	}

@@ -322,3 +322,30 @@ func TestHistoryGrowWhileWrapped(t *testing.T) {
 		t.Fatalf("ids %v, want 14..%d", got, id)
 	}
 }
+
+// TestHistoryGrowCountsAgainstTheBound: bytes added to an entry after it
+// was appended (a compressed copy) count against maxBytes once trimmed, and
+// Grow itself evicts nothing, so an After callback may call it.
+func TestHistoryGrowCountsAgainstTheBound(t *testing.T) {
+	h := NewHistory[int](100, 1000)
+	for id := uint64(1); id <= 4; id++ {
+		h.Append(id, int(id), 200)
+	}
+	if h.Bytes() != 800 || h.Len() != 4 {
+		t.Fatalf("after appends: %d bytes, %d entries; want 800, 4", h.Bytes(), h.Len())
+	}
+	seen := 0
+	h.After(0, func(id uint64, _ int) bool {
+		h.Grow(id, 150) // 4×350 = 1400 > 1000, but no eviction while iterating
+		seen++
+		return true
+	})
+	if seen != 4 || h.Len() != 4 || h.Bytes() != 1400 {
+		t.Fatalf("during After: seen %d, %d entries, %d bytes; want 4, 4, 1400", seen, h.Len(), h.Bytes())
+	}
+	h.Grow(99, 1000) // not held: nothing changes
+	h.Trim()
+	if first, _ := h.First(); h.Len() != 2 || h.Bytes() != 700 || first != 3 {
+		t.Fatalf("after Trim: %d entries from %d, %d bytes; want 2 from 3, 700", h.Len(), first, h.Bytes())
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -93,6 +94,11 @@ var sizeUnits = []struct {
 	{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1},
 }
 
+// maxSize bounds every size flag: larger than any memory the server could
+// use, and far enough below the int range that the engine's arithmetic on
+// sizes (a message's length plus a header, a limit plus one) cannot overflow.
+const maxSize = 1 << 40
+
 func parseSize(v string) (int, error) {
 	s := strings.TrimSpace(v)
 	mult := 1
@@ -103,8 +109,13 @@ func parseSize(v string) (int, error) {
 		}
 	}
 	n, err := strconv.Atoi(s)
-	if err != nil || n < 0 {
+	if err != nil && errors.Is(err, strconv.ErrRange) && !strings.HasPrefix(s, "-") {
+		n = maxSize + 1 // too large, whatever the unit
+	} else if err != nil || n < 0 {
 		return 0, fmt.Errorf("want a size such as 65536 or 64KiB, got %q", v)
+	}
+	if n > maxSize/mult {
+		return 0, fmt.Errorf("too large: at most 1TiB (%d bytes), got %q", maxSize, v)
 	}
 	return n * mult, nil
 }

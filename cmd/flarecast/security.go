@@ -3,6 +3,8 @@ package main
 import (
 	"flag"
 	"fmt"
+	"math"
+	"math/big"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -83,7 +85,9 @@ func splitList(s string) []string {
 	return out
 }
 
-// floatValue is a non-negative decimal flag (--rate-limit 0.5).
+// floatValue is a non-negative, finite decimal flag (--rate-limit 0.5). A
+// number too small to be represented (1e-400) is refused rather than read as
+// 0, which would mean "off".
 type floatValue struct{ p *float64 }
 
 func (f floatValue) String() string {
@@ -94,9 +98,15 @@ func (f floatValue) String() string {
 }
 
 func (f floatValue) Set(s string) error {
-	v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
-	if err != nil || v < 0 {
-		return fmt.Errorf("want a non-negative number, got %q", s)
+	t := strings.TrimSpace(s)
+	v, err := strconv.ParseFloat(t, 64)
+	if err != nil || v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+		return fmt.Errorf("want a finite non-negative number, got %q", s)
+	}
+	if v == 0 {
+		if exact, _, err := big.ParseFloat(t, 0, 64, big.ToNearestEven); err == nil && exact.Sign() != 0 {
+			return fmt.Errorf("%q is too small to represent (0 would mean off)", s)
+		}
 	}
 	*f.p = v
 	return nil

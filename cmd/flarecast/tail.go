@@ -217,10 +217,14 @@ type tailer struct {
 	subscribed bool // the server confirmed the subscription in this session
 	printed    int
 
-	// Acknowledging (docs/protocol.md): a normal-priority event proves every
-	// earlier event arrived; any event proves it one ack period later.
-	maxSeen, maxNormal, prevTickMax, acked uint64
-	minSeen                                uint64 // before any proof, the first event stands in for the start
+	// maxSeen is the highest message_id processed in this tail: a new
+	// session subscribes with since = maxSeen.
+	maxSeen uint64
+	// Acknowledging (docs/protocol.md): once a second, ack the highest
+	// message_id received on the current connection (connMax) if it moved
+	// on since the last ack on that connection (connAcked). The server turns
+	// it into a resume point itself.
+	connMax, connAcked uint64
 	// After a fresh session subscribes with since=N every event is above N;
 	// one at or below N means the server's numbering started again.
 	expectAbove int64
@@ -250,6 +254,7 @@ func (t *tailer) run(ctx context.Context) error {
 	var delay time.Duration
 	for {
 		t.welcomed = false
+		t.connMax, t.connAcked = 0, 0 // an ack names a frame of the connection it is sent on
 		err := t.connect(ctx)
 		var retry *errTailRetry
 		switch {
@@ -369,18 +374,17 @@ func (t *tailer) goodbye(conn *websocket.Conn) {
 		time.Now().Add(time.Second))
 }
 
-// ack sends the cumulative acknowledgement when it has moved on.
+// ack acknowledges the highest message_id received on this connection,
+// when it has moved on since the last ack.
 func (t *tailer) ack(conn *websocket.Conn) error {
-	w := max(t.maxNormal, t.prevTickMax)
-	t.prevTickMax = t.maxSeen
-	if w <= t.acked || !t.subscribed {
+	if t.connMax <= t.connAcked {
 		return nil
 	}
 	_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	if err := conn.WriteJSON(map[string]any{"type": "ack", "message_id": w}); err != nil {
+	if err := conn.WriteJSON(map[string]any{"type": "ack", "message_id": t.connMax}); err != nil {
 		return err
 	}
-	t.acked = w
+	t.connAcked = t.connMax
 	return nil
 }
 
@@ -454,7 +458,7 @@ func (t *tailer) welcome(conn *websocket.Conn, m *serverMessage) error {
 	// Subscribe: from --since at first, later from what was processed (a
 	// replacement subscription without since would skip what the drop missed).
 	sub := map[string]any{"type": "subscribe", "subscription_id": tailSubscription, "filters": t.o.filters}
-	if w := max(t.acked, t.maxNormal, t.prevTickMax, t.minSeen-min(t.minSeen, 1)); w > 0 {
+	if w := t.maxSeen; w > 0 {
 		sub["since"] = w
 		if !resumed {
 			t.expectAbove = int64(w)
@@ -478,10 +482,12 @@ func (t *tailer) event(m *serverMessage, raw []byte) error {
 			fmt.Fprintf(t.errOut, "flarecast tail: the server's message ids started again (restarted?)\n")
 			clear(t.seen)
 			t.seenOrder = t.seenOrder[:0]
-			t.maxSeen, t.minSeen, t.maxNormal, t.prevTickMax, t.acked = 0, 0, 0, 0, 0
+			t.maxSeen = 0
 		}
 		t.expectAbove = -1
 	}
+	// Every frame received counts for the ack, a replayed duplicate too.
+	t.connMax = max(t.connMax, id)
 	if _, dup := t.seen[id]; dup {
 		return nil
 	}
@@ -494,12 +500,6 @@ func (t *tailer) event(m *serverMessage, raw []byte) error {
 	var ev tailEvent
 	_ = json.Unmarshal(m.Event, &ev) // typed fields are validated by the server; oddities print as blanks
 	t.maxSeen = max(t.maxSeen, id)
-	if t.minSeen == 0 || id < t.minSeen {
-		t.minSeen = id
-	}
-	if ev.Priority == "normal" {
-		t.maxNormal = max(t.maxNormal, id)
-	}
 	if t.o.json {
 		t.out.Write(raw)
 		t.out.WriteByte('\n')
