@@ -54,6 +54,13 @@ type Config struct {
 	MaxMessageSize int
 	// MaxSubscriptions bounds the subscriptions of one session.
 	MaxSubscriptions int
+	// MaxInputRate bounds what one connection may send, in bytes per
+	// second (a frame counts at least 64 bytes), with a burst of four
+	// seconds' worth. Input over it waits in the server (and a client that
+	// keeps sending is closed once that passes its bound): parsing is the
+	// event loop's time, shared with every other connection on it. 0
+	// turns it off.
+	MaxInputRate int
 	// MaxFilterValues bounds the values of one subscription's filters, all
 	// lists and label pairs together: a subscription's cost in the index
 	// and in the dispatcher's time grows with it.
@@ -127,6 +134,7 @@ func DefaultConfig() Config {
 		MaxMessageSize:     64 << 10,
 		MaxSubscriptions:   100,
 		MaxFilterValues:    1000,
+		MaxInputRate:       256 << 10,
 		HandshakeTimeout:   10 * time.Second,
 		EventLoops:         runtime.GOMAXPROCS(0),
 		Board:              true,
@@ -170,6 +178,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HistorySize < 0 || c.HistoryMaxBytes < 0 {
 		errs = append(errs, errors.New("history-size and history-max-bytes must not be negative"))
+	}
+	if c.MaxInputRate < 0 {
+		errs = append(errs, fmt.Errorf("max-input-rate must not be negative, got %d", c.MaxInputRate))
 	}
 	if c.CompressionMinSize < 0 {
 		errs = append(errs, fmt.Errorf("compression-min-size must not be negative, got %d", c.CompressionMinSize))

@@ -44,6 +44,7 @@ type conn struct {
 	rateStrikes uint8        // messages over the rate limit since the bucket was last half full
 	prev, next  *conn        // loop.conns
 	rateTAT     int64        // rate limit bucket (GCRA): ns after openedAt
+	inputTAT    int64        // input rate bucket (GCRA, allowInput): ns after openedAt
 	auth        *auth.Claims // the token's claims; nil without --auth jwt
 	peer        *peerCount   // this connection's client address count; nil when not counted
 

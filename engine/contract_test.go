@@ -513,22 +513,36 @@ func TestBurstToHealthyReaderNoClose(t *testing.T) {
 // TestPingFloodNeverReadingBounded: a raw client (4 KB receive buffer)
 // sends 600,000 pings, half WebSocket ping frames with a 125-byte payload,
 // half {"type":"ping"} messages with a 100-byte timestamp, and never reads.
-// Every pong it is owed waits in the server, so the server must stop
-// reading from it and close it as a slow consumer (the metric and the
-// closing reason), with the live Go heap of the process (the engine runs
-// in it) growing by less than 32 MiB meanwhile; a healthy subscriber on
-// the same server still gets events. (Today pongs go straight to gnet's
-// outbound buffer without a bound: ~200 bytes of server memory per ping,
-// and the client is never closed.)
+// The server must stop reading from it and close it, with the live Go heap
+// of the process (the engine runs in it) growing by less than 32 MiB
+// meanwhile; a healthy subscriber on the same server still gets events.
+// With the default --max-input-rate the flood's input waits first, and the
+// client is closed for the input it keeps sending (input_overflow,
+// policy_violation); without an input rate, the pongs it does not read
+// bind, and it is closed as a slow consumer. (Before: pongs went straight
+// to gnet's outbound buffer without a bound, ~200 bytes of server memory
+// per ping, and the client was never closed.)
 //
 // Not parallel: the heap of the whole test process is measured.
 func TestPingFloodNeverReadingBounded(t *testing.T) {
+	t.Run("input rate", func(t *testing.T) {
+		pingFlood(t, nil, `flarecast_refused_total{reason="input_overflow"}`, "policy_violation")
+	})
+	t.Run("no input rate", func(t *testing.T) {
+		pingFlood(t, func(c *engine.Config) { c.MaxInputRate = 0 }, "websocket_slow_consumer_disconnects_total", "slow_consumer")
+	})
+}
+
+// pingFlood runs TestPingFloodNeverReadingBounded on a server configured
+// by mutate, expecting closedMetric to count the flood's close and the
+// close to carry closing reason.
+func pingFlood(t *testing.T, mutate func(*engine.Config), closedMetric, reason string) {
 	const (
 		pings     = 600000
 		chunk     = 1000
 		heapBound = 32 << 20
 	)
-	s := startServer(t, nil)
+	s := startServer(t, mutate)
 	healthy := s.dial(t, "")
 	healthy.subscribe("all", map[string]any{})
 	flood := s.rawDialSmallBuffer(t, 4096)
@@ -563,7 +577,7 @@ func TestPingFloodNeverReadingBounded(t *testing.T) {
 		done <- result{written, nil}
 	}()
 
-	// Wait until the server closes the flood as a slow consumer, or the
+	// Wait until the server closes the flood, or the
 	// whole flood has been written (the server read all of it).
 	var flooded *result
 	closedSlow := false
@@ -574,15 +588,15 @@ func TestPingFloodNeverReadingBounded(t *testing.T) {
 			flooded = &r
 		case <-time.After(50 * time.Millisecond):
 		}
-		closedSlow = s.metric(t, "websocket_slow_consumer_disconnects_total") >= 1
+		closedSlow = s.metric(t, closedMetric) >= 1
 	}
 	if flooded != nil && !closedSlow {
 		// The server took everything: give it the chance to close the client now.
-		closedSlow = pollUntil(5*time.Second, func() bool { return s.metric(t, "websocket_slow_consumer_disconnects_total") >= 1 })
+		closedSlow = pollUntil(5*time.Second, func() bool { return s.metric(t, closedMetric) >= 1 })
 	}
 	peak, samples := sampler.finish()
 	growth := int64(peak) - int64(base)
-	t.Logf("live heap: base %.1f MB, peak %.1f MB (+%.1f MB) over %d samples; flood finished: %v; closed as slow consumer: %v",
+	t.Logf("live heap: base %.1f MB, peak %.1f MB (+%.1f MB) over %d samples; flood finished: %v; closed: %v",
 		slowMB(base), slowMB(peak), slowMB(uint64(max(growth, 0))), samples, flooded != nil, closedSlow)
 	if growth > heapBound {
 		t.Errorf("the live heap grew by %.1f MB while a client sent pings and never read (bound %d MiB)",
@@ -593,17 +607,17 @@ func TestPingFloodNeverReadingBounded(t *testing.T) {
 		if flooded != nil {
 			n = flooded.written
 		}
-		t.Fatalf("a client that sent %d pings and never read was not closed as a slow consumer (flood result %+v)", n, flooded)
+		t.Fatalf("a client that sent %d pings and never read was not closed (%s; flood result %+v)", n, closedMetric, flooded)
 	}
-	s.waitMetric(t, `websocket_connections_closed_total{reason="slow_consumer"}`, 1)
-	s.metricEquals(t, "websocket_slow_consumer_disconnects_total", 1)
+	s.waitMetric(t, `websocket_connections_closed_total{reason="`+reason+`"}`, 1)
+	s.metricEquals(t, closedMetric, 1)
 
 	// The flood's connection has ended: what is left to read ends in EOF
 	// or a reset, not in a connection that stays open.
 	_ = flood.c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	n, err := io.Copy(io.Discard, flood.br)
 	if isReadTimeout(err) {
-		t.Fatalf("the slow consumer's connection is still open (read %d bytes for 10s)", n)
+		t.Fatalf("the flood's connection is still open (read %d bytes for 10s)", n)
 	}
 	flood.c.Close()
 	if flooded == nil {

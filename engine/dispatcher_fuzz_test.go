@@ -15,16 +15,19 @@ import (
 )
 
 // fuzzConn is a gnet.Conn whose socket either takes everything or, while
-// stalled, nothing: what the loop's flush and close call on it.
+// stalled, nothing, and whose client sends nothing: what the loop's flush,
+// reader and close call on it.
 type fuzzConn struct {
 	gnet.Conn
 	stalled bool
 	out     int // bytes "buffered by gnet" while stalled
 }
 
-func (c *fuzzConn) OutboundBuffered() int { return c.out }
-func (c *fuzzConn) InboundBuffered() int  { return 0 }
-func (c *fuzzConn) Close() error          { return nil }
+func (c *fuzzConn) OutboundBuffered() int    { return c.out }
+func (c *fuzzConn) InboundBuffered() int     { return 0 }
+func (c *fuzzConn) Close() error             { return nil }
+func (c *fuzzConn) Peek(int) ([]byte, error) { return nil, nil } // the client sends nothing
+func (c *fuzzConn) Discard(int) (int, error) { return 0, nil }
 
 func (c *fuzzConn) Write(b []byte) (int, error) {
 	if c.stalled {

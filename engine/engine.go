@@ -52,8 +52,10 @@ type Engine struct {
 	stopping  atomic.Bool
 	started   time.Time // the engine clock's zero
 
-	// The rate limiter's bucket, derived once from cfg (limits.go).
+	// The rate limiters' buckets, derived once from cfg (limits.go).
 	rateInterval, rateTolerance int64
+	inputNsPerByte              float64 // 0: no input rate
+	inputTolerance              int64
 }
 
 // ErrStopped is returned by Publish once the engine is shutting down.
@@ -78,6 +80,10 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.RateLimit > 0 {
 		e.rateInterval, e.rateTolerance, _ = rateBucket(cfg.RateLimit, cfg.RateBurst) // Validate checked it
+	}
+	if cfg.MaxInputRate > 0 {
+		e.inputNsPerByte = float64(time.Second) / float64(cfg.MaxInputRate)
+		e.inputTolerance = int64(inputBurst * time.Second)
 	}
 	e.disp = newDispatcher(e)
 	if cfg.Broker != "" {

@@ -204,6 +204,39 @@ func rateBucket(rate float64, burst int) (interval, tolerance int64, err error) 
 	return interval, interval * int64(burst-1), nil
 }
 
+// minInputCost is what the input rate charges for a frame at least: a
+// flood of tiny frames costs the server per frame, not per byte.
+const minInputCost = 64
+
+// inputBurst is how much input, in seconds of --max-input-rate, a client
+// may send at once: its set-up (subscriptions, a token) goes through
+// without waiting.
+const inputBurst = 4
+
+// inputAllowed reports whether the connection may read its next frame
+// under its input rate (--max-input-rate); if not, the frame waits where
+// it is (readInbound), still masked. The bucket is GCRA in nanoseconds
+// after openedAt, like the message rate limit: a frame is let through
+// while the bucket is not over its burst, and charged once read
+// (chargeInput), so one larger than the burst is never stuck.
+func (c *conn) inputAllowed(now int64) bool {
+	eng := c.eng()
+	if eng.inputNsPerByte == 0 {
+		return true
+	}
+	age := now - c.openedAt
+	return max(c.inputTAT, age)-age <= eng.inputTolerance
+}
+
+// chargeInput counts a frame of n bytes against the input rate.
+func (c *conn) chargeInput(n int, now int64) {
+	eng := c.eng()
+	if eng.inputNsPerByte == 0 {
+		return
+	}
+	c.inputTAT = max(c.inputTAT, now-c.openedAt) + int64(float64(max(n, minInputCost))*eng.inputNsPerByte)
+}
+
 // allowMessage applies the rate limit to one client message and reports
 // whether to handle it. The bucket is GCRA: one int64 per connection, the
 // "theoretical arrival time" of the next message relative to openedAt (a

@@ -43,6 +43,7 @@ type engineMetrics struct {
 	errors            map[string]*metrics.Counter
 	closes            map[string]*metrics.Counter
 	refused           map[string]*metrics.Counter
+	inputWaits        [len(inputWaitReasons)]*metrics.Counter // by inputWait; [inputReady] unused
 }
 
 var errorCodes = []string{
@@ -91,6 +92,11 @@ func newEngineMetrics() *engineMetrics {
 	}
 	for _, reason := range closeReasons {
 		m.closes[reason] = s.NewCounter(`websocket_connections_closed_total{reason="` + reason + `"}`)
+	}
+	for why, reason := range inputWaitReasons {
+		if reason != "" {
+			m.inputWaits[why] = s.NewCounter(`flarecast_input_waits_total{reason="` + reason + `"}`)
+		}
 	}
 	for _, reason := range refusalReasons {
 		m.refused[reason] = s.NewCounter(`flarecast_refused_total{reason="` + reason + `"}`)

@@ -162,11 +162,12 @@ func (l *loop) flush(force bool) {
 			}
 		}
 		wake = wake || c.replaying
-		if w.written > 0 && !c.welcomed {
-			c.welcomed = true // the welcome is the first frame queued
+		welcomed := w.written > 0 && !c.welcomed // the welcome is the first frame queued
+		if welcomed {
+			c.welcomed = true
 		}
-		if c.readPaused || (w.written > 0 && c.welcomed) {
-			l.resumed = append(l.resumed, c)
+		if welcomed || c.readPaused {
+			l.resumed = append(l.resumed, c) // input may wait for this
 		}
 	}
 	l.mu.Unlock()
@@ -179,9 +180,7 @@ func (l *loop) flush(force bool) {
 		c.closeSlow()
 	}
 	for _, c := range l.resumed {
-		if c.readPaused || c.gc.InboundBuffered() > 0 {
-			c.readInbound() // input that waited for these writes
-		}
+		c.readInbound()
 	}
 	clear(l.taken)
 	l.taken = l.taken[:0]

@@ -46,13 +46,18 @@ func (c *conn) consumeInbound() {
 	if c.state == stateHandshake {
 		used = c.handshake(buf)
 	}
+	waited := c.readPaused
 	c.readPaused = false
+	why := inputReady
 	for c.state == stateOpen && used < len(buf) && !c.closed {
-		if c.inputWaits() {
-			c.readPaused = true
+		if why = c.inputWaits(); why != inputReady {
 			break
 		}
 		n := c.readFrame(buf[used:])
+		if n < 0 {
+			why = waitRate
+			break
+		}
 		if n == 0 {
 			break
 		}
@@ -67,36 +72,63 @@ func (c *conn) consumeInbound() {
 	if used > 0 { // Discard(0) would drop everything buffered
 		_, _ = c.gc.Discard(used)
 	}
-	if !c.readPaused {
+	if why == inputReady {
 		return
 	}
+	c.readPaused = true
+	m := c.eng().metrics
+	if !waited {
+		m.inputWaits[why].Inc()
+	}
 	if len(buf)-used > c.eng().cfg.MaxMessageSize+inboundSlack {
-		c.eng().metrics.refuse(refuseInputOverflow)
-		switch {
-		case !c.welcomed:
+		m.refuse(refuseInputOverflow)
+		switch why {
+		case waitWelcome:
 			// No message may precede the welcome: the close frame says why.
-			c.eng().metrics.closed(codec.ReasonPolicyViolation)
+			m.closed(codec.ReasonPolicyViolation)
 			c.write(codec.AppendClose(c.loop.scratch[:0], ws.StatusPolicyViolation, "too much input before the welcome"))
 			c.state = stateClosing
 			_ = c.gc.Close()
-		case c.gc.OutboundBuffered() > highWater:
+		case waitUnread:
 			c.closeSlow() // it sends but does not read
 		default:
-			c.closeWith(codec.ReasonPolicyViolation, ws.StatusPolicyViolation, "too much input while earlier messages wait")
+			c.closeWith(codec.ReasonPolicyViolation, ws.StatusPolicyViolation, "too much input while earlier input waits")
 		}
 		return
 	}
 	c.loop.wait(c)
 }
 
-// inputWaits reports whether the client's next message must wait: until
-// its welcome has been written (every reply follows the welcome); while
-// what it is sent is not being read (the outbound buffer is above the
-// high-water mark: replies to a client that sends but never reads would
-// otherwise grow without bound); or while maxCommandsInFlight of its
-// commands wait for the dispatcher.
-func (c *conn) inputWaits() bool {
-	return !c.welcomed || c.gc.OutboundBuffered()+len(c.loop.replies) > highWater || c.inflight.Load() >= maxCommandsInFlight
+// inputWait says why a client's input waits, if it does.
+type inputWait uint8
+
+const (
+	inputReady   inputWait = iota
+	waitWelcome            // the welcome is not written yet: every reply follows it
+	waitUnread             // the client does not read what it is sent
+	waitCommands           // maxCommandsInFlight commands wait for the dispatcher
+	waitRate               // over --max-input-rate
+)
+
+var inputWaitReasons = [...]string{waitWelcome: "welcome", waitUnread: "unread_output", waitCommands: "commands", waitRate: "input_rate"}
+
+// inputWaits reports whether the client's next message must wait, and why:
+// until its welcome has been written; while what it is sent is not being
+// read (the outbound buffer, with the replies gathered so far, is above
+// the high-water mark: replies to a client that sends but never reads
+// would otherwise grow without bound); or while maxCommandsInFlight of its
+// commands wait for the dispatcher. The input rate is checked per frame
+// (readFrame), once its size is known.
+func (c *conn) inputWaits() inputWait {
+	switch {
+	case !c.welcomed:
+		return waitWelcome
+	case c.gc.OutboundBuffered()+len(c.loop.replies) > highWater:
+		return waitUnread
+	case c.inflight.Load() >= maxCommandsInFlight:
+		return waitCommands
+	}
+	return inputReady
 }
 
 // sendReplies writes what readInbound gathered (see conn.write).
@@ -117,9 +149,14 @@ func (c *conn) sendReplies() {
 	}
 }
 
-// readFrame handles the frame at the start of b and returns its size, or 0
-// when b does not hold the whole frame yet.
+// readFrame handles the frame at the start of b and returns its size, 0
+// when b does not hold the whole frame yet, or -1 when the frame must wait
+// for the connection's input rate.
 func (c *conn) readFrame(b []byte) int {
+	now := c.eng().clock()
+	if !c.inputAllowed(now) {
+		return -1 // before NextClientFrame, which unmasks in place
+	}
 	h, payload, n, err := codec.NextClientFrame(b, int64(c.eng().cfg.MaxMessageSize))
 	if errors.Is(err, codec.ErrShortHeader) || errors.Is(err, codec.ErrShortFrame) {
 		return 0
@@ -129,7 +166,8 @@ func (c *conn) readFrame(b []byte) int {
 		c.fail(perr.Code, perr.Reason)
 		return len(b)
 	}
-	c.lastSeen = c.eng().clock()
+	c.chargeInput(n, now)
+	c.lastSeen = now
 	if h.OpCode.IsControl() {
 		c.control(h.OpCode, payload)
 	} else {

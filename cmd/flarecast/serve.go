@@ -31,6 +31,7 @@ func serve(args []string) error {
 	fs.Var(sizeValue{&cfg.CompressionMinSize}, "compression-min-size", "events smaller than this are sent uncompressed")
 	fs.Var(sizeValue{&cfg.MaxMessageSize}, "max-message-size", "largest client message and ingest line")
 	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", cfg.MaxSubscriptions, "subscriptions per session")
+	fs.Var(sizeValue{&cfg.MaxInputRate}, "max-input-rate", "bytes per second one connection may send (4 s burst; a frame counts at least 64 B); more waits (0: off)")
 	fs.IntVar(&cfg.MaxFilterValues, "max-filter-values", cfg.MaxFilterValues, "values one subscription's filters may list, all lists and label pairs together; more gets LIMIT_EXCEEDED")
 	fs.StringVar(&cfg.EchoPath, "echo-path", cfg.EchoPath, "serve a WebSocket echo endpoint on this path, for conformance suites (testing aid; off by default)")
 	fs.StringVar(&cfg.Broker, "broker", cfg.Broker, "join a fleet through a shared Redis stream: redis://host:6379[/db][?stream=NAME] (empty: single instance)")
