@@ -1,14 +1,12 @@
 package engine_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"slices"
 	"strings"
 	"syscall"
@@ -280,24 +278,7 @@ func (s *testServer) rawDialSmallBuffer(t testing.TB, rcvbuf int) *rawWS {
 		t.Fatalf("dial tcp: %v", err)
 	}
 	t.Cleanup(func() { c.Close() })
-	key := newWSKey()
-	_ = c.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write([]byte(upgradeRequest(s.hostPort(), "/ws", key))); err != nil {
-		t.Fatalf("write upgrade: %v", err)
-	}
-	r := &rawWS{t: t, c: c, br: bufio.NewReader(c)}
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	resp, err := http.ReadResponse(r.br, nil)
-	if err != nil {
-		t.Fatalf("read upgrade response: %v", err)
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Sec-WebSocket-Accept") != wsAccept(key) {
-		t.Fatalf("upgrade: HTTP %d, accept %q", resp.StatusCode, resp.Header.Get("Sec-WebSocket-Accept"))
-	}
-	if m := r.readJSON(); m["type"] != "welcome" {
-		t.Fatalf("first message %v, want welcome", m)
-	}
-	return r
+	return s.rawUpgrade(t, c, false)
 }
 
 // backlogN events of backlogSize bytes (6 MB) are more than the kernel's
@@ -919,14 +900,7 @@ func TestAckFarAheadIgnored(t *testing.T) {
 			s := startServer(t, nil)
 			c := s.dial(t, "")
 			c.subscribe("all", map[string]any{})
-			lines := func(from, n int) []string {
-				out := make([]string, n)
-				for i := range out {
-					out[i] = steadyLine(from + i)
-				}
-				return out
-			}
-			first := s.mustPublish(t, lines(0, 20)...)
+			first := s.mustPublish(t, steadyLines(0, 20)...)
 			expectIDs(t, "before the reset", c.events(20), first)
 			var want []uint64
 			if validAck {
@@ -942,9 +916,9 @@ func TestAckFarAheadIgnored(t *testing.T) {
 			}
 			resetConn(t, c.ws)
 			s.waitMetric(t, "websocket_active_connections", 0)
-			want = append(want, s.mustPublish(t, lines(20, 20)...)...)
+			want = append(want, s.mustPublish(t, steadyLines(20, 20)...)...)
 			c2 := s.resume(t, c.sessionID, nil)
-			want = append(want, s.mustPublish(t, lines(40, 5)...)...)
+			want = append(want, s.mustPublish(t, steadyLines(40, 5)...)...)
 			read := map[uint64]bool{}
 			for _, id := range first {
 				read[id] = true

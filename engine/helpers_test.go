@@ -248,7 +248,12 @@ func upgradeRequest(host, path, key string) string {
 // byteByByte), checks the 101 response and reads the welcome message.
 func (s *testServer) rawDial(t testing.TB, byteByByte bool) *rawWS {
 	t.Helper()
-	c := s.dialTCP(t)
+	return s.rawUpgrade(t, s.dialTCP(t), byteByByte)
+}
+
+// rawUpgrade upgrades c, a fresh TCP connection to s, and reads the welcome.
+func (s *testServer) rawUpgrade(t testing.TB, c net.Conn, byteByByte bool) *rawWS {
+	t.Helper()
 	key := newWSKey()
 	req := []byte(upgradeRequest(s.hostPort(), "/ws", key))
 	_ = c.SetWriteDeadline(time.Now().Add(10 * time.Second))

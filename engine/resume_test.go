@@ -244,6 +244,15 @@ func (p *steadyProducer) waitPublished(t testing.TB, n int) []uint64 {
 
 func steadyLine(i int) string { return evUpdated(fmt.Sprintf(`"source":"steady","n":%d`, i)) }
 
+// steadyLines returns steadyLine(from) … steadyLine(from+n-1).
+func steadyLines(from, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = steadyLine(from + i)
+	}
+	return out
+}
+
 // sameIDs reports whether a and b hold the same ids in the same order.
 func sameIDs(a, b []uint64) bool { return slices.Equal(a, b) }
 
@@ -372,20 +381,13 @@ func TestResumeWithoutAcksAfterQuietReset(t *testing.T) {
 	s := startServer(t, nil)
 	c := s.dial(t, "")
 	c.subscribe("all", map[string]any{})
-	lines := func(from, n int) []string {
-		out := make([]string, n)
-		for i := range out {
-			out[i] = steadyLine(from + i)
-		}
-		return out
-	}
-	read := s.mustPublish(t, lines(0, 50)...)
+	read := s.mustPublish(t, steadyLines(0, 50)...)
 	expectIDs(t, "before the reset", c.events(50), read)
 	resetConn(t, c.ws)
 	s.waitMetric(t, "websocket_active_connections", 0)
-	away := s.mustPublish(t, lines(50, 30)...)
+	away := s.mustPublish(t, steadyLines(50, 30)...)
 	c2 := s.resume(t, c.sessionID, nil)
-	live := s.mustPublish(t, lines(80, 20)...)
+	live := s.mustPublish(t, steadyLines(80, 20)...)
 	want := append(append(slices.Clone(read), away...), live...)
 	expectIDs(t, "after resuming", c2.events(100), want)
 	fence := s.mustPublish(t, steadyLine(100))
