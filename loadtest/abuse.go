@@ -10,6 +10,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -64,11 +65,14 @@ const (
 	abuseReadTimeout = 2 * time.Second
 )
 
-// abuserKinds lists the abusive clients, in report order.
-var abuserKinds = []struct {
+// abuserKind is one kind of abusive client.
+type abuserKind struct {
 	name, what string
 	run        func(ctx context.Context, a *abuser)
-}{
+}
+
+// abuserKinds lists the abusive clients, in report order.
+var abuserKinds = []abuserKind{
 	{"never-reads", "subscribes to everything and never reads its socket (16 KiB receive buffer); a new connection every 5 s, at most 8 open",
 		neverReads},
 	{"ping-flood", fmt.Sprintf("WebSocket pings (16 B) at %s/s, never reads; reconnects when closed", num(pingFloodRate)),
@@ -127,20 +131,26 @@ type abuser struct {
 	maxID uint64
 }
 
-// abusers is the set running beside one run.
+// abusers is the set running in the abusers' process.
 type abusers struct {
 	list []*abuser
 	stop context.CancelFunc
 	done sync.WaitGroup
 }
 
-// startAbusers starts one client of each kind and waits until each has set
-// up its first connection (the ack-ahead client: subscribed), so that all
-// of them are in place before publishing begins.
+// startAbusers starts one client of each kind (of --abuser-kinds) and waits
+// until each has set up its first connection (the ack-ahead client:
+// subscribed), so that all of them are in place before publishing begins.
+// It runs in the abusers' process (RunAbusersOnly), not in the load tester
+// that measures the healthy clients (abuseproc.go).
 func (r *runner) startAbusers(ctx context.Context) *abusers {
 	actx, stop := context.WithCancel(ctx)
 	as := &abusers{stop: stop}
+	only := r.cfg.abuserKinds()
 	for i, k := range abuserKinds {
+		if only != nil && !slices.Contains(only, k.name) {
+			continue
+		}
 		a := &abuser{r: r, url: r.urls[i%len(r.urls)], ready: make(chan struct{}),
 			st: AbuserStats{Kind: k.name, What: k.what, Replies: map[string]int64{}, Ends: map[string]int64{}}}
 		as.list = append(as.list, a)
@@ -162,7 +172,11 @@ func (r *runner) startAbusers(ctx context.Context) *abusers {
 			}
 		}
 	}
-	fmt.Fprintf(r.progress, "%sflarecast-loadtest: abusers running: %d (%s)\n", r.clearLine(), len(as.list), abuserNames())
+	names := make([]string, len(as.list))
+	for i, a := range as.list {
+		names[i] = a.st.Kind
+	}
+	fmt.Fprintf(r.progress, "%s%s%d (%s)\n", r.clearLine(), abusersReady, len(as.list), strings.Join(names, ", "))
 	return as
 }
 

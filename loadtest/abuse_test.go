@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -85,6 +87,15 @@ func TestAbusePresetTiny(t *testing.T) {
 	if !strings.Contains(progress.String(), "run 1 of 2") || !strings.Contains(progress.String(), "run 2 of 2") {
 		t.Errorf("progress does not show both runs:\n%s", progress.String())
 	}
+	// The abusers ran in their own process (this test binary, started again).
+	if !strings.Contains(progress.String(), abusersReady+"6 (never-reads, ping-flood, subscribe-64k, subscribe-999, garbage, ack-ahead)") {
+		t.Errorf("progress lacks the abusers' process's readiness line:\n%s", progress.String())
+	}
+	for _, w := range res.Warnings {
+		if strings.Contains(w, "abusers") {
+			t.Errorf("warning: %s", w)
+		}
+	}
 	b, err := os.ReadFile(filepath.Join(cfg.Out, "abuse.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -142,5 +153,103 @@ func TestParseArgsAbuse(t *testing.T) {
 	}
 	if _, err = ParseArgs([]string{"--scenario", "abuse", "--publish-only"}, io.Discard); err == nil {
 		t.Error("--abusers with --publish-only accepted")
+	}
+}
+
+// TestAbusersProcessPinned runs two abusers in their process, and, where
+// taskset exists, pins it and the spawned server to CPU 0: the ack-ahead
+// client must get every event it is owed (it learns which from the stop
+// line the load tester sends) and the garbage client must be answered.
+func TestAbusersProcessPinned(t *testing.T) {
+	cfg, err := Preset("abuse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Spawn, cfg.ServerBin, cfg.Out = true, serverBinary(t), ""
+	cfg.Conns, cfg.Match, cfg.Duration, cfg.Abusers, cfg.AbuserKinds = 20, 5, time.Second, "on", "ack-ahead,garbage"
+	cfg.Settle, cfg.ProgressInterval = 200*time.Millisecond, 500*time.Millisecond
+	if _, err := exec.LookPath("taskset"); err == nil {
+		cfg.AbuserCPUs, cfg.ServerCPUs = "0", "0"
+	} else {
+		t.Log("no taskset: the abusers' process and the server are not pinned")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var progress strings.Builder
+	res, err := Run(ctx, cfg, &progress)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if !res.OK || res.Abuse == nil || len(res.Abuse.Abusers) != 2 {
+		t.Fatalf("OK %v, warnings %v, abuse %+v\n%s", res.OK, res.Warnings, res.Abuse, progress.String())
+	}
+	ack, garb := res.Abuse.Abusers[1], res.Abuse.Abusers[0]
+	if ack.Kind != "ack-ahead" || ack.Events == 0 || ack.Events != res.Events.Accepted || ack.Missing != 0 {
+		t.Errorf("ack-ahead: %+v; want all %d accepted events, none missing", ack, res.Events.Accepted)
+	}
+	if garb.Kind != "garbage" || garb.Replies["error INVALID_MESSAGE"] == 0 {
+		t.Errorf("garbage: %+v", garb)
+	}
+	if res.Settings.AbuserCPUs != cfg.AbuserCPUs || res.Settings.ServerCPUs != cfg.ServerCPUs {
+		t.Errorf("settings: abuser CPUs %q, server CPUs %q", res.Settings.AbuserCPUs, res.Settings.ServerCPUs)
+	}
+	if !strings.Contains(progress.String(), abusersReady+"2 (garbage, ack-ahead)") {
+		t.Errorf("progress lacks the readiness line:\n%s", progress.String())
+	}
+}
+
+// TestAbusersProcessFailureIsReported: when the abusers' process cannot
+// run them, the run says so and is not OK.
+func TestAbusersProcessFailureIsReported(t *testing.T) {
+	saved := abusersProgram
+	t.Cleanup(func() { abusersProgram = saved })
+	abusersProgram = func() (string, []string, error) { return "/bin/false", nil, nil }
+	cfg, err := Preset("abuse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Spawn, cfg.ServerBin, cfg.Out = true, serverBinary(t), ""
+	cfg.Conns, cfg.Match, cfg.Duration, cfg.Abusers = 10, 5, 500*time.Millisecond, "on"
+	cfg.Settle, cfg.ProgressInterval = 100*time.Millisecond, 500*time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	res, err := Run(ctx, cfg, io.Discard)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if res.OK || !slices.ContainsFunc(res.Warnings, func(w string) bool {
+		return strings.Contains(w, "abusers' process exited before its abusers were running")
+	}) {
+		t.Errorf("OK %v, warnings %q", res.OK, res.Warnings)
+	}
+}
+
+func TestParseArgsAbusersProcess(t *testing.T) {
+	cfg, err := ParseArgs([]string{"--scenario", "abuse", "--abusers", "on", "--abuser-kinds", "garbage", "--duration", "7s"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.URL = "ws://127.0.0.1:1234/ws,ws://127.0.0.1:1235/ws"
+	child, err := ParseArgs(cfg.abusersArgs(), io.Discard)
+	if err != nil {
+		t.Fatalf("the abusers' process's arguments %q: %v", cfg.abusersArgs(), err)
+	}
+	if !child.AbusersOnly || child.URL != cfg.URL || child.Duration != 7*time.Second || child.DrainTimeout != cfg.DrainTimeout || child.AbuserKinds != "garbage" {
+		t.Errorf("child config from %q: %+v", cfg.abusersArgs(), child)
+	}
+	for _, args := range [][]string{
+		{"--scenario", "abuse", "--abuser-cpus", "one"},
+		{"--scenario", "abuse", "--server-cpus", "0"}, // no --spawn
+		{"--abusers-only", "--spawn"},
+		{"--abusers-only", "--url", "ws://10.0.0.1:8080/ws"},
+	} {
+		if _, err := ParseArgs(args, io.Discard); err == nil {
+			t.Errorf("%q accepted", args)
+		}
+	}
+	if _, err := exec.LookPath("taskset"); err == nil {
+		if _, err := ParseArgs([]string{"--scenario", "abuse", "--spawn", "--abuser-cpus", "1", "--server-cpus", "0,2-3"}, io.Discard); err != nil {
+			t.Errorf("CPU lists refused: %v", err)
+		}
 	}
 }

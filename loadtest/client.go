@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"strconv"
 	"sync"
@@ -455,24 +454,8 @@ func growTo(b []byte, n int) []byte {
 
 // write sends one masked client frame (subscribe, pong).
 func (c *client) write(op ws.OpCode, payload []byte) error {
-	out := append(c.out[:0], 0x80|byte(op))
-	switch n := len(payload); {
-	case n < 126:
-		out = append(out, 0x80|byte(n))
-	case n <= 0xffff:
-		out = append(out, 0x80|126, byte(n>>8), byte(n))
-	default:
-		out = append(out, 0x80|127)
-		out = binary.BigEndian.AppendUint64(out, uint64(n))
-	}
-	var key [4]byte
-	binary.LittleEndian.PutUint32(key[:], rand.Uint32())
-	out = append(out, key[:]...)
-	start := len(out)
-	out = append(out, payload...)
-	ws.Cipher(out[start:], key, 0)
-	c.out = out
-	_, err := c.conn.Write(out)
+	c.out = appendClientFrame(c.out[:0], true, op, payload)
+	_, err := c.conn.Write(c.out)
 	return err
 }
 

@@ -7,6 +7,9 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"os/exec"
+	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -113,6 +116,21 @@ type Config struct {
 	// the same workload twice in one invocation, first without them, then
 	// with them, and the two compared.
 	Abusers string
+	// AbuserKinds, when not empty, limits the abusers to these kinds
+	// (comma-separated names of abuserKinds): to find which one costs what.
+	AbuserKinds string
+	// AbuserCPUs, when set, runs the abusers' process (abuseproc.go) under
+	// `taskset -c AbuserCPUs`; ServerCPUs does the same for a spawned
+	// server: with the load tester itself pinned (taskset -c … flarecast-loadtest),
+	// server, healthy clients and abusers can each have their own cores.
+	AbuserCPUs string
+	ServerCPUs string
+	// AbusersOnly is the abusers' process itself: it opens no healthy
+	// connection and publishes nothing; it runs the abusers (AbuserKinds)
+	// against URL until the load tester that started it says stop on stdin
+	// (or, without it, for Duration), and prints their []AbuserStats as
+	// JSON on stdout (RunAbusersOnly).
+	AbusersOnly bool
 
 	// Out is the directory the JSON result and charts are written to ("" writes none).
 	Out string
@@ -255,7 +273,11 @@ func ParseArgs(args []string, out io.Writer) (Config, error) {
 	fs.Float64Var(&c.DropRate, "drop-rate", base.DropRate, "fraction of the connections per second reset (TCP RST) and resumed while publishing (chaos: 0.02)")
 	fs.Float64Var(&c.ChurnRate, "churn-rate", base.ChurnRate, "fraction of the connections per second closed cleanly and replaced by a new session (soak: 0.01)")
 	fs.BoolVar(&c.CheckMemoryFlat, "check-memory-flat", base.CheckMemoryFlat, "sample server memory while publishing; fail unless the last quarter is within 15% + 4 MiB of the second (soak: true)")
+	fs.StringVar(&c.AbuserKinds, "abuser-kinds", "", "with --abusers: only these kinds, comma-separated ("+abuserNames()+"; empty: all)")
 	fs.StringVar(&c.Abusers, "abusers", base.Abusers, "one abusive client of each kind beside the healthy ones while publishing: off (false), on (true), or both (run without, then with them, and compare; abuse: both)")
+	fs.StringVar(&c.AbuserCPUs, "abuser-cpus", "", "with --abusers: run the abusers' process under taskset -c `LIST` (e.g. 1; empty: not pinned)")
+	fs.StringVar(&c.ServerCPUs, "server-cpus", "", "with --spawn: run the server under taskset -c `LIST` (e.g. 0; empty: not pinned)")
+	fs.BoolVar(&c.AbusersOnly, "abusers-only", false, "internal: be the abusers' process the load tester starts for --abusers (runs --abuser-kinds against --url, stats as JSON on stdout)")
 	fs.StringVar(&c.Out, "out", base.Out, "directory for the JSON result and charts (empty: none)")
 	fs.DurationVar(&c.ProgressInterval, "progress-interval", base.ProgressInterval, "progress line and timeline sampling interval")
 	if err := fs.Parse(args); err != nil {
@@ -340,11 +362,32 @@ func (c *Config) Validate() error {
 	switch c.Abusers {
 	case "", "off":
 	case "on", "both":
-		if c.PublishOnly || c.Rate <= 0 {
+		if !c.AbusersOnly && (c.PublishOnly || c.Rate <= 0) {
 			errs = append(errs, errors.New("--abusers needs connections and a publish rate (not --publish-only, not --rate 0)"))
 		}
 	default:
 		errs = append(errs, fmt.Errorf("--abusers: want off, on or both, got %q", c.Abusers))
+	}
+	for _, k := range c.abuserKinds() {
+		if !slices.ContainsFunc(abuserKinds, func(a abuserKind) bool { return a.name == k }) {
+			errs = append(errs, fmt.Errorf("--abuser-kinds: no abuser %q (want some of %s)", k, abuserNames()))
+		}
+	}
+	for _, p := range []struct{ flag, list string }{{"--abuser-cpus", c.AbuserCPUs}, {"--server-cpus", c.ServerCPUs}} {
+		if p.list == "" {
+			continue
+		}
+		if !cpuList.MatchString(p.list) {
+			errs = append(errs, fmt.Errorf("%s: want a CPU list such as 1 or 0,2-3, got %q", p.flag, p.list))
+		} else if _, err := exec.LookPath("taskset"); err != nil {
+			errs = append(errs, fmt.Errorf("%s needs taskset (util-linux), which is not in PATH: install it, or leave %s out and pin nothing", p.flag, p.flag))
+		}
+	}
+	if c.ServerCPUs != "" && !c.Spawn {
+		errs = append(errs, errors.New("--server-cpus pins a server the load tester spawns (--spawn); pin your own server with taskset yourself"))
+	}
+	if c.AbusersOnly && (c.Spawn || c.PublishOnly) {
+		errs = append(errs, errors.New("--abusers-only runs the abusers against --url: not with --spawn or --publish-only"))
 	}
 	if !c.Spawn {
 		for _, u := range c.URLs() {
@@ -357,7 +400,7 @@ func (c *Config) Validate() error {
 				errs = append(errs, fmt.Errorf("--admin-url: %w", err))
 			}
 		}
-		if c.Rate > 0 && c.IngestSocket == "" {
+		if c.Rate > 0 && c.IngestSocket == "" && !c.AbusersOnly {
 			errs = append(errs, errors.New("--ingest-socket is needed to publish events"))
 		}
 	} else if c.ServerBin == "" {
@@ -365,6 +408,10 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// cpuList is what taskset -c takes: CPUs and ranges (with an optional
+// stride), comma-separated.
+var cpuList = regexp.MustCompile(`^[0-9]+(-[0-9]+(:[0-9]+)?)?(,[0-9]+(-[0-9]+(:[0-9]+)?)?)*$`)
 
 // groups is how many groups the connections are split into.
 func (c *Config) groups(conns int) int {
@@ -379,6 +426,14 @@ func (c *Config) chaotic() bool { return c.DropRate > 0 || c.ChurnRate > 0 }
 
 // abusive is whether this run has the abusers beside the healthy clients.
 func (c *Config) abusive() bool { return c.Abusers == "on" }
+
+// abuserKinds returns the names --abuser-kinds lists; nil for all.
+func (c *Config) abuserKinds() []string {
+	if c.AbuserKinds == "" {
+		return nil
+	}
+	return strings.Split(c.AbuserKinds, ",")
+}
 
 func (c *Config) name() string {
 	if c.Name != "" {

@@ -67,5 +67,9 @@
 // events it was owed and never got. It reports the healthy clients'
 // latency, loss and duplicates and the server's RSS for both runs and their
 // ratio, and what each abuser sent and was answered. Every abuser is
-// bounded in rate and stops with the run.
+// bounded in rate and stops with the run. The abusers run in a child
+// process (abuseproc.go: the load tester started again with
+// --abusers-only), so that they do not delay the measuring process's own
+// network polling; --abuser-cpus and --server-cpus pin that child and a
+// spawned server with taskset.
 package loadtest

@@ -3,15 +3,18 @@ package loadtest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -46,7 +49,19 @@ var (
 	}
 )
 
+// abusersChildEnv makes the test binary the abusers' process: a run with
+// abusers starts this binary again with it set, and TestMain then does
+// what cmd/flarecast-loadtest does with --abusers-only.
+const abusersChildEnv = "FLARECAST_LOADTEST_TEST_ABUSERS_CHILD"
+
 func TestMain(m *testing.M) {
+	if os.Getenv(abusersChildEnv) == "1" {
+		os.Exit(abusersChildMain(os.Args[1:]))
+	}
+	abusersProgram = func() (string, []string, error) {
+		exe, err := os.Executable()
+		return exe, []string{abusersChildEnv + "=1"}, err
+	}
 	dir, err := os.MkdirTemp("", "flarecast-loadtest-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -56,6 +71,25 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// abusersChildMain is cmd/flarecast-loadtest's main for --abusers-only.
+func abusersChildMain(args []string) int {
+	cfg, err := ParseArgs(args, os.Stderr)
+	if err == nil && !cfg.AbusersOnly {
+		err = errors.New("the test binary as a child only runs --abusers-only")
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "flarecast-loadtest: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := RunAbusersOnly(ctx, cfg, os.Stdin, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintf(os.Stderr, "flarecast-loadtest: %v\n", err)
+		return 1
+	}
+	return 0
 }
 
 // TestSmokeAgainstRealServer runs a small bounded scenario against a real

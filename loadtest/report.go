@@ -65,6 +65,10 @@ type Settings struct {
 	IngestSocket string   `json:"ingest_socket,omitempty"`
 	ForceGC      bool     `json:"force_gc"`
 	Abusers      string   `json:"abusers,omitempty"`
+	// ServerCPUs and AbuserCPUs are the taskset CPU lists of the spawned
+	// server and of the abusers' process (--server-cpus, --abuser-cpus).
+	ServerCPUs string `json:"server_cpus,omitempty"`
+	AbuserCPUs string `json:"abuser_cpus,omitempty"`
 }
 
 // MachineStats say how loaded the (shared) machine was while events flowed
@@ -75,7 +79,7 @@ type MachineStats struct {
 	LoadAvgEnd   string  `json:"loadavg_end"`
 	BusyCores    float64 `json:"busy_cores"`     // everyone
 	ServerCores  float64 `json:"server_cores"`   // the flarecast server
-	LoadCores    float64 `json:"loadtest_cores"` // this process
+	LoadCores    float64 `json:"loadtest_cores"` // this process and its abusers' process
 	OtherCores   float64 `json:"other_cores"`    // everything else on the machine
 }
 
@@ -156,6 +160,7 @@ type ServerStats struct {
 }
 
 // LoadtestStats are the load tester's own costs: it shares the machine.
+// CPUSec includes its abusers' process (--abusers); RSS is its own.
 type LoadtestStats struct {
 	CPUSec float64 `json:"cpu_sec"`
 	RSS    int64   `json:"rss_bytes"`

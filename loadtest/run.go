@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"runtime/pprof"
 	"strings"
 	"sync"
@@ -167,7 +166,7 @@ func runOne(ctx context.Context, cfg Config, progress io.Writer) (*Result, error
 			}
 			logPath = filepath.Join(cfg.Out, cfg.name()+"-server.log")
 		}
-		if srv, err = spawnServer(ctx, cfg.ServerBin, cfg.ServerArgs, logPath); err != nil {
+		if srv, err = spawnServer(ctx, cfg.ServerBin, cfg.ServerArgs, cfg.ServerCPUs, logPath); err != nil {
 			return nil, err
 		}
 		cfg.URL, cfg.AdminURL, cfg.IngestSocket, cfg.ServerPID = srv.url, srv.adminURL, srv.socket, srv.pid()
@@ -184,8 +183,12 @@ func runOne(ctx context.Context, cfg Config, progress io.Writer) (*Result, error
 	r.cfg = cfg
 	r.urls = cfg.URLs()
 	if cfg.Spawn {
-		fmt.Fprintf(progress, "flarecast-loadtest: spawned %s (pid %d): %s, admin %s, ingest %s\n",
-			cfg.ServerBin, cfg.ServerPID, cfg.URL, cfg.AdminURL, cfg.IngestSocket)
+		pinned := ""
+		if cfg.ServerCPUs != "" {
+			pinned = " on CPUs " + cfg.ServerCPUs
+		}
+		fmt.Fprintf(progress, "flarecast-loadtest: spawned %s (pid %d%s): %s, admin %s, ingest %s\n",
+			cfg.ServerBin, cfg.ServerPID, pinned, cfg.URL, cfg.AdminURL, cfg.IngestSocket)
 	}
 	r.mc = newMetricsClient(cfg.AdminURL)
 	r.serverPID = cfg.ServerPID
@@ -203,7 +206,10 @@ func runOne(ctx context.Context, cfg Config, progress io.Writer) (*Result, error
 		Mix: cfg.Mix.String(), EventSize: cfg.EventSize, Compression: cfg.Compression, Spawn: cfg.Spawn,
 		URL: cfg.URL, AdminURL: cfg.AdminURL, IngestSocket: cfg.IngestSocket, ForceGC: cfg.ForceGC, Abusers: cfg.Abusers}
 	if cfg.Spawn {
-		res.Settings.ServerBin, res.Settings.ServerArgs = cfg.ServerBin, cfg.ServerArgs
+		res.Settings.ServerBin, res.Settings.ServerArgs, res.Settings.ServerCPUs = cfg.ServerBin, cfg.ServerArgs, cfg.ServerCPUs
+	}
+	if cfg.abusive() {
+		res.Settings.AbuserCPUs = cfg.AbuserCPUs
 	}
 
 	// Groups: connection i is in group i mod groups.
@@ -305,6 +311,8 @@ func runOne(ctx context.Context, cfg Config, progress io.Writer) (*Result, error
 	}
 	cpu0 := r.cpuSnapshot()
 	pubStart := time.Now()
+	var ab *abuserProcess // the abusers' process (abuseproc.go)
+	var abusersCPU time.Duration
 	var doneAt time.Time
 	if ctx.Err() == nil && (held > 0 || cfg.PublishOnly) {
 		if cfg.Rate > 0 {
@@ -319,10 +327,9 @@ func runOne(ctx context.Context, cfg Config, progress io.Writer) (*Result, error
 				chaosDone.Add(1)
 				go func() { defer chaosDone.Done(); r.sampleMemory(ctx, stopChaos) }()
 			}
-			var ab *abusers
 			if cfg.abusive() {
 				r.phase.Store("abusers")
-				ab = r.startAbusers(ctx)
+				ab = r.startAbuserProcess(ctx)
 				r.phase.Store("publish")
 			}
 			if err := r.publish(ctx); err != nil {
@@ -346,6 +353,8 @@ func runOne(ctx context.Context, cfg Config, progress io.Writer) (*Result, error
 			if ab != nil {
 				r.phase.Store("stop")
 				res.Abuse = &AbuseReport{Abusers: ab.finish(r)}
+				// The load tester's CPU includes its abusers' process.
+				abusersCPU = ab.cpu()
 			}
 		} else {
 			r.phase.Store("hold")
@@ -354,6 +363,7 @@ func runOne(ctx context.Context, cfg Config, progress io.Writer) (*Result, error
 		}
 	}
 	cpu1 := r.cpuSnapshot()
+	cpu1.self += abusersCPU
 	<-profDone
 	if ctx.Err() != nil {
 		r.warn("interrupted: %v", context.Cause(ctx))
@@ -392,6 +402,9 @@ func runOne(ctx context.Context, cfg Config, progress io.Writer) (*Result, error
 		res.Connections.Held == open && res.Connections.Dropped == 0
 	if ch := res.Chaos; ch != nil {
 		res.OK = res.OK && ch.ReconnectFailures == 0 && (ch.Memory == nil || ch.Memory.Flat)
+	}
+	if ab != nil && ab.err != nil {
+		res.OK = false // the abusers did not run, or did not report
 	}
 	if res.Abuse != nil {
 		res.Abuse.With = healthySummary(res)
@@ -836,7 +849,7 @@ func (r *runner) account(res *Result, pubStart, doneAt time.Time, c0, c1 cpu) {
 
 	wall := c1.at.Sub(c0.at).Seconds()
 	m := &res.Machine
-	m.Cores = runtime.NumCPU()
+	m.Cores = machineCores()
 	if wall > 0 {
 		m.ServerCores = (c1.server - c0.server).Seconds() / wall
 		m.LoadCores = (c1.self - c0.self).Seconds() / wall

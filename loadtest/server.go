@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,7 +39,9 @@ var servingLine = regexp.MustCompile(`msg="flarecast serving" websocket=(\S+) ad
 
 // spawnServer starts bin serve and waits for its "flarecast serving" line.
 // The server's stderr goes to logPath (or a file in the temporary directory).
-func spawnServer(ctx context.Context, bin string, extra []string, logPath string) (*spawnedServer, error) {
+// With cpus set, it runs under taskset -c cpus (which execs it: the pid is
+// the server's).
+func spawnServer(ctx context.Context, bin string, extra []string, cpus, logPath string) (*spawnedServer, error) {
 	dir, err := os.MkdirTemp("", "flarecast-lt-")
 	if err != nil {
 		return nil, fmt.Errorf("temporary directory for the ingest socket: %w", err)
@@ -57,7 +60,7 @@ func spawnServer(ctx context.Context, bin string, extra []string, logPath string
 		"--admin-listen", "127.0.0.1:0",
 		"--ingest-socket", s.socket,
 	}, extra...)
-	s.cmd = exec.Command(bin, args...)
+	s.cmd = pinnedCommand(cpus, bin, args...)
 	// The server must not outlive the load tester, even one killed hard.
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	stderr, err := s.cmd.StderrPipe()
@@ -112,6 +115,15 @@ func spawnServer(ctx context.Context, bin string, extra []string, logPath string
 		s.stop()
 		return nil, ctx.Err()
 	}
+}
+
+// pinnedCommand is prog args, under taskset -c cpus when cpus is set.
+// taskset execs prog: the process is prog's, and its exit status too.
+func pinnedCommand(cpus, prog string, args ...string) *exec.Cmd {
+	if cpus == "" {
+		return exec.Command(prog, args...)
+	}
+	return exec.Command("taskset", append([]string{"-c", cpus, prog}, args...)...)
 }
 
 func (s *spawnedServer) pid() int { return s.cmd.Process.Pid }
@@ -276,6 +288,26 @@ func machineCPU() (busy, total int64) {
 		}
 	}
 	return busy, total
+}
+
+// machineCores is the number of the machine's online CPUs (the cpuN lines
+// of /proc/stat), which machineCPU's figures cover: runtime.NumCPU counts
+// only the CPUs this process may run on, one when it runs under taskset -c 1.
+func machineCores() int {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return runtime.NumCPU()
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		if len(line) > 3 && strings.HasPrefix(line, "cpu") && line[3] >= '0' && line[3] <= '9' {
+			n++
+		}
+	}
+	if n == 0 {
+		return runtime.NumCPU()
+	}
+	return n
 }
 
 func loadAvg() string {

@@ -33,6 +33,14 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if cfg.AbusersOnly {
+		// The abusers' process a run with --abusers starts (loadtest/abuseproc.go).
+		if err := loadtest.RunAbusersOnly(ctx, cfg, os.Stdin, os.Stdout, os.Stderr); err != nil {
+			fmt.Fprintf(os.Stderr, "flarecast-loadtest: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	res, err := loadtest.Run(ctx, cfg, os.Stderr)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "flarecast-loadtest: %v\n", err)
