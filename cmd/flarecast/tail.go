@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -18,9 +16,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gorilla/websocket"
 	"golang.org/x/sys/unix"
 
+	"github.com/flarecast/flarecast/client"
 	"github.com/flarecast/flarecast/event"
 )
 
@@ -31,24 +29,13 @@ const tailSubscription = "tail"
 type tailOptions struct {
 	url          string
 	token        string
-	filters      tailFilters
+	filters      client.Filters
 	since        uint64
 	hasSince     bool
 	json         bool
 	color        bool
 	count        int
 	reconnectFor time.Duration
-}
-
-// tailFilters is the subscribe message's filters object.
-type tailFilters struct {
-	EventTypes  []string          `json:"event_types,omitempty"`
-	Severities  []string          `json:"severities,omitempty"`
-	States      []string          `json:"states,omitempty"`
-	Sources     []string          `json:"sources,omitempty"`
-	Resources   []string          `json:"affected_resources,omitempty"`
-	IncidentIDs []string          `json:"incident_ids,omitempty"`
-	Labels      map[string]string `json:"labels,omitempty"`
 }
 
 // listValue is a comma-separated list flag; each value is checked by valid
@@ -139,10 +126,11 @@ func parseTail(args []string) (*tailOptions, error) {
 		}
 		return nil
 	}}, "type", "event types to show, comma-separated (default: all)")
-	fs.Var(listValue{&o.filters.Severities, oneOf("severity", event.ValidSeverity, "P0…P4")}, "severity", "severities to show, e.g. P0,P1 (default: all)")
-	fs.Var(listValue{&o.filters.States, oneOf("state", event.ValidState, strings.Join(event.States, ", "))}, "state", "incident states to show, comma-separated")
+	var severities, states []string
+	fs.Var(listValue{&severities, oneOf("severity", event.ValidSeverity, "P0…P4")}, "severity", "severities to show, e.g. P0,P1 (default: all)")
+	fs.Var(listValue{&states, oneOf("state", event.ValidState, strings.Join(event.States, ", "))}, "state", "incident states to show, comma-separated")
 	fs.Var(listValue{&o.filters.Sources, nil}, "source", "sources to show, comma-separated")
-	fs.Var(listValue{&o.filters.Resources, nil}, "resource", "affected resources to show, comma-separated")
+	fs.Var(listValue{&o.filters.AffectedResources, nil}, "resource", "affected resources to show, comma-separated")
 	fs.Var(listValue{&o.filters.IncidentIDs, nil}, "incident", "incident ids to show, comma-separated")
 	fs.Var(labelValue{&o.filters.Labels}, "label", "key=value every shown event must carry; repeatable (values from FLARECAST_LABEL add up)")
 	since := fs.String("since", "", "first replay the held events with a message_id above N, then go live")
@@ -156,7 +144,9 @@ func parseTail(args []string) (*tailOptions, error) {
 	if fs.NArg() > 0 {
 		return nil, usageError("tail takes no arguments, got " + strconv.Quote(fs.Arg(0)))
 	}
-	o.filters.EventTypes = types
+	o.filters.EventTypes = typed[client.EventType](types)
+	o.filters.Severities = typed[client.Severity](severities)
+	o.filters.States = typed[client.IncidentState](states)
 	u, err := url.Parse(o.url)
 	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
 		return nil, usageError(fmt.Sprintf("--url: want ws://host:port/path or wss://…, got %q", o.url))
@@ -187,6 +177,15 @@ func parseTail(args []string) (*tailOptions, error) {
 	return o, nil
 }
 
+// typed converts a validated flag list to the client's string type.
+func typed[T ~string](in []string) []T {
+	var out []T
+	for _, v := range in {
+		out = append(out, T(v))
+	}
+	return out
+}
+
 func isTerminal(f *os.File) bool {
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil
@@ -204,314 +203,138 @@ func tail(args []string) error {
 	return t.run(ctx)
 }
 
-// tailer is one `flarecast tail`: a client of the public protocol that
-// resumes its session after a drop and prints each event once.
+// tailer is one `flarecast tail`: a client of the public protocol, built
+// on package client (which resumes the session after a drop, acks what was
+// printed and hands each event over once), printing events as lines.
 type tailer struct {
-	o      *tailOptions
-	out    *bufio.Writer
-	errOut io.Writer
-
-	sessionID  string
-	everOpen   bool // a connection was welcomed once: later failures are retried
-	welcomed   bool // the current connection was welcomed
-	subscribed bool // the server confirmed the subscription in this session
-	printed    int
-
-	// maxSeen is the highest message_id processed in this tail: a new
-	// session subscribes with since = maxSeen.
-	maxSeen uint64
-	// Acknowledging (docs/protocol.md): once a second, ack the highest
-	// message_id received on the current connection (connMax) if it moved
-	// on since the last ack on that connection (connAcked). The server turns
-	// it into a resume point itself.
-	connMax, connAcked uint64
-	// After a fresh session subscribes with since=N every event is above N;
-	// one at or below N means the server's numbering started again.
-	expectAbove int64
-	seen        map[uint64]struct{}
-	seenOrder   []uint64
+	o       *tailOptions
+	out     *bufio.Writer
+	errOut  io.Writer
+	printed int
 }
-
-// tailSeenMax bounds the message_ids remembered for de-duplication.
-const tailSeenMax = 20000
 
 func newTailer(o *tailOptions, out, errOut io.Writer) *tailer {
-	return &tailer{o: o, out: bufio.NewWriter(out), errOut: errOut, expectAbove: -1, seen: map[uint64]struct{}{}}
+	return &tailer{o: o, out: bufio.NewWriter(out), errOut: errOut}
 }
 
-// errTailDone ends the tail without an error (count reached, interrupted).
-var errTailDone = errors.New("done")
+// errText is err's message without the client package's prefix.
+func errText(err error) string { return strings.TrimPrefix(err.Error(), "flarecast: ") }
 
-// errTailRetry is a connection that ended in a way a reconnect may mend.
-type errTailRetry struct{ reason string }
-
-func (e *errTailRetry) Error() string { return e.reason }
-
-// run connects, and reconnects after each drop (resuming the session) for
-// up to --reconnect-for, with a growing, jittered delay between attempts.
 func (t *tailer) run(ctx context.Context) error {
 	var lostAt time.Time
-	var delay time.Duration
-	for {
-		t.welcomed = false
-		t.connMax, t.connAcked = 0, 0 // an ack names a frame of the connection it is sent on
-		err := t.connect(ctx)
-		var retry *errTailRetry
-		switch {
-		case err == nil, errors.Is(err, errTailDone), ctx.Err() != nil:
-			return nil
-		case !errors.As(err, &retry):
-			return err
-		case !t.everOpen:
-			return errors.New(retry.reason) // the first connection failed: say why, once
-		}
-		if t.welcomed || lostAt.IsZero() { // a new drop
-			lostAt, delay = time.Now(), 250*time.Millisecond
-			fmt.Fprintf(t.errOut, "flarecast tail: %s; reconnecting\n", retry.reason)
-		}
-		if time.Since(lostAt) > t.o.reconnectFor {
-			return fmt.Errorf("gave up reconnecting to %s after %s: %s", t.o.url, t.o.reconnectFor, retry.reason)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(delay + rand.N(delay/2)):
-		}
-		delay = min(2*delay, 5*time.Second)
+	opts := &client.Options{
+		Token:        t.o.token,
+		ReconnectFor: t.o.reconnectFor,
+		MaxBackoff:   5 * time.Second,
+		OnState: func(sc client.StateChange) {
+			switch {
+			case sc.State == client.Reconnecting:
+				lostAt = time.Now()
+				fmt.Fprintf(t.errOut, "flarecast tail: %s; reconnecting\n", t.describe(sc.Err))
+			case sc.State != client.Live:
+			case sc.Resumed:
+				fmt.Fprintf(t.errOut, "flarecast tail: resumed session %s on %s\n", short(sc.SessionID), t.o.url)
+			case sc.NewSession:
+				fmt.Fprintf(t.errOut, "flarecast tail: new session %s on %s (the old one expired)\n", short(sc.SessionID), t.o.url)
+			default:
+				fmt.Fprintf(t.errOut, "flarecast tail: connected to %s, session %s\n", t.o.url, short(sc.SessionID))
+			}
+		},
+		OnGap: func(g client.Gap) {
+			fmt.Fprintf(t.errOut, "flarecast tail: some events are no longer held by the server; continuing from message_id %d\n", g.FirstAvailable)
+		},
+		OnError: func(err error) {
+			var se *client.ServerError
+			if errors.As(err, &se) {
+				fmt.Fprintf(t.errOut, "flarecast tail: server error %s: %s\n", se.Code, se.Message)
+			}
+		},
 	}
-}
-
-// connect runs one connection until it ends.
-func (t *tailer) connect(ctx context.Context) error {
-	u, _ := url.Parse(t.o.url)
-	q := u.Query()
-	var header http.Header
-	if t.o.token != "" {
-		// A header, not ?token=: query strings end up in proxies' access logs.
-		header = http.Header{"Authorization": {"Bearer " + t.o.token}}
-	}
-	if t.sessionID != "" {
-		q.Set("session_id", t.sessionID)
-	}
-	u.RawQuery = q.Encode()
-	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second, EnableCompression: true, Proxy: http.ProxyFromEnvironment}
-	conn, resp, err := d.DialContext(ctx, u.String(), header)
+	c, err := client.Dial(ctx, t.o.url, opts)
 	if err != nil {
 		if ctx.Err() != nil {
-			return errTailDone
-		}
-		if resp != nil {
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
-			resp.Body.Close()
-			reason := resp.Status
-			if line := strings.TrimSpace(strings.SplitN(string(body), "\n", 2)[0]); line != "" {
-				reason += ": " + printable(line)
-			}
-			msg := fmt.Sprintf("%s refused the WebSocket upgrade: %s", t.o.url, reason)
-			if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode < 500 {
-				return errors.New(msg) // 401, 403, 404…: trying again will not help
-			}
-			return &errTailRetry{msg}
-		}
-		return &errTailRetry{fmt.Sprintf("cannot connect to %s: %v", t.o.url, err)}
-	}
-	defer conn.Close()
-
-	msgs := make(chan []byte, 64)
-	readErr := make(chan error, 1)
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		for {
-			_, data, err := conn.ReadMessage()
-			if err != nil {
-				readErr <- err
-				return
-			}
-			select {
-			case msgs <- data:
-			case <-done:
-				return
-			}
-		}
-	}()
-	ticker := time.NewTicker(time.Second)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			t.goodbye(conn)
-			return errTailDone
-		case err := <-readErr:
-			t.out.Flush()
-			var ce *websocket.CloseError
-			if errors.As(err, &ce) {
-				return &errTailRetry{fmt.Sprintf("server closed the connection (%d %s)", ce.Code, ce.Text)}
-			}
-			return &errTailRetry{fmt.Sprintf("connection lost: %v", err)}
-		case <-ticker.C:
-			if err := t.ack(conn); err != nil {
-				return &errTailRetry{fmt.Sprintf("connection lost: %v", err)}
-			}
-		case data := <-msgs:
-			if err := t.handle(conn, data); err != nil {
-				t.out.Flush()
-				if errors.Is(err, errTailDone) {
-					t.goodbye(conn)
-				}
-				return err
-			}
-			if len(msgs) == 0 {
-				t.out.Flush()
-			}
-		}
-	}
-}
-
-// goodbye closes the connection politely: a close frame, then the socket.
-func (t *tailer) goodbye(conn *websocket.Conn) {
-	_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bye"),
-		time.Now().Add(time.Second))
-}
-
-// ack acknowledges the highest message_id received on this connection,
-// when it has moved on since the last ack.
-func (t *tailer) ack(conn *websocket.Conn) error {
-	if t.connMax <= t.connAcked {
-		return nil
-	}
-	_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	if err := conn.WriteJSON(map[string]any{"type": "ack", "message_id": t.connMax}); err != nil {
-		return err
-	}
-	t.connAcked = t.connMax
-	return nil
-}
-
-// serverMessage is any message the server sends; only its type's fields are set.
-type serverMessage struct {
-	Type           string          `json:"type"`
-	SessionID      string          `json:"session_id"`
-	Resumed        bool            `json:"resumed"`
-	MessageID      uint64          `json:"message_id"`
-	Timestamp      string          `json:"timestamp"`
-	Event          json.RawMessage `json:"event"`
-	Code           string          `json:"code"`
-	Message        string          `json:"message"`
-	FirstAvailable uint64          `json:"first_available"`
-	Reason         string          `json:"reason"`
-	SubscriptionID string          `json:"subscription_id"`
-}
-
-func (t *tailer) handle(conn *websocket.Conn, data []byte) error {
-	var m serverMessage
-	if err := json.Unmarshal(data, &m); err != nil {
-		return fmt.Errorf("server sent a message that is not JSON: %.80q", data)
-	}
-	switch m.Type {
-	case "welcome":
-		return t.welcome(conn, &m)
-	case "subscribed":
-		if m.SubscriptionID == tailSubscription {
-			t.subscribed = true
-		}
-	case "event":
-		return t.event(&m, data)
-	case "error":
-		if m.Code == "HISTORY_GAP" {
-			fmt.Fprintf(t.errOut, "flarecast tail: some events are no longer held by the server; continuing from message_id %d\n", m.FirstAvailable)
 			return nil
 		}
-		if !t.subscribed {
-			return fmt.Errorf("server refused the subscription: %s: %s", m.Code, m.Message)
+		return errors.New(t.describe(err)) // the first connection failed: say why, once
+	}
+	defer c.Close()
+	var subOpts []client.SubscribeOption
+	if t.o.hasSince {
+		subOpts = append(subOpts, client.Since(t.o.since))
+	}
+	sub, err := c.Subscribe(ctx, tailSubscription, t.o.filters, subOpts...)
+	if err != nil {
+		var se *client.ServerError
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case errors.As(err, &se):
+			return fmt.Errorf("server refused the subscription: %s: %s", se.Code, se.Message)
 		}
-		fmt.Fprintf(t.errOut, "flarecast tail: server error %s: %s\n", m.Code, m.Message)
-	case "closing":
-		switch m.Reason {
-		case "token_expired", "policy_violation":
-			return fmt.Errorf("server closed the connection: %s", m.Reason)
-		case "session_taken_over":
-			t.sessionID = "" // another client resumed it: start a new session, from what was processed
+		return errors.New(t.describe(err))
+	}
+	for {
+		var ev client.Event
+		var ok bool
+		select {
+		case ev, ok = <-sub.Events():
+		default: // nothing waiting: show what was written before blocking
+			t.out.Flush()
+			select {
+			case ev, ok = <-sub.Events():
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		if !ok {
+			t.out.Flush()
+			err := c.Err()
+			if err == nil || ctx.Err() != nil {
+				return nil
+			}
+			var ce *client.ClosedError
+			if errors.As(err, &ce) && ce.Reason != "" {
+				return fmt.Errorf("server closed the connection: %s", ce.Reason)
+			}
+			if !lostAt.IsZero() {
+				return fmt.Errorf("gave up reconnecting to %s after %s: %s", t.o.url, t.o.reconnectFor, t.describe(err))
+			}
+			return errors.New(t.describe(err))
+		}
+		if t.o.json {
+			t.out.Write(ev.Message)
+			t.out.WriteByte('\n')
+		} else {
+			var fields tailEvent
+			_ = json.Unmarshal(ev.Raw, &fields) // typed fields are validated by the server; oddities print as blanks
+			t.out.WriteString(formatEvent(&ev, &fields, t.o.color))
+		}
+		t.printed++
+		if t.o.count > 0 && t.printed >= t.o.count {
+			t.out.Flush()
+			return nil // the deferred Close acks what was printed and says goodbye
 		}
 	}
-	return nil
 }
 
-func (t *tailer) welcome(conn *websocket.Conn, m *serverMessage) error {
-	resumed := m.Resumed && t.sessionID == m.SessionID
-	hadSession := t.sessionID != ""
-	t.sessionID, t.everOpen, t.welcomed = m.SessionID, true, true
-	if !resumed {
-		t.subscribed = false
-	}
+// describe words a connection failure as tail reports it.
+func (t *tailer) describe(err error) string {
+	var he *client.HandshakeError
+	var ce *client.ClosedError
 	switch {
-	case resumed:
-		fmt.Fprintf(t.errOut, "flarecast tail: resumed session %s on %s\n", short(m.SessionID), t.o.url)
-	case hadSession:
-		fmt.Fprintf(t.errOut, "flarecast tail: new session %s on %s (the old one expired)\n", short(m.SessionID), t.o.url)
-	default:
-		fmt.Fprintf(t.errOut, "flarecast tail: connected to %s, session %s\n", t.o.url, short(m.SessionID))
-	}
-	if t.subscribed {
-		return nil // resumed: the server kept the subscription and replays what is missing
-	}
-	// Subscribe: from --since at first, later from what was processed (a
-	// replacement subscription without since would skip what the drop missed).
-	sub := map[string]any{"type": "subscribe", "subscription_id": tailSubscription, "filters": t.o.filters}
-	if w := t.maxSeen; w > 0 {
-		sub["since"] = w
-		if !resumed {
-			t.expectAbove = int64(w)
+	case errors.As(err, &he):
+		reason := he.Status
+		if he.Body != "" {
+			reason += ": " + printable(he.Body)
 		}
-	} else if t.o.hasSince {
-		sub["since"] = t.o.since
+		return fmt.Sprintf("%s refused the WebSocket upgrade: %s", t.o.url, reason)
+	case errors.As(err, &ce) && ce.Code != 0:
+		return fmt.Sprintf("server closed the connection (%d %s)", ce.Code, ce.Text)
 	}
-	_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	if err := conn.WriteJSON(sub); err != nil {
-		return &errTailRetry{fmt.Sprintf("connection lost: %v", err)}
-	}
-	return nil
+	return errText(err)
 }
 
 func short(id string) string { return id[:min(8, len(id))] }
-
-func (t *tailer) event(m *serverMessage, raw []byte) error {
-	id := m.MessageID
-	if t.expectAbove >= 0 {
-		if int64(id) <= t.expectAbove {
-			fmt.Fprintf(t.errOut, "flarecast tail: the server's message ids started again (restarted?)\n")
-			clear(t.seen)
-			t.seenOrder = t.seenOrder[:0]
-			t.maxSeen = 0
-		}
-		t.expectAbove = -1
-	}
-	// Every frame received counts for the ack, a replayed duplicate too.
-	t.connMax = max(t.connMax, id)
-	if _, dup := t.seen[id]; dup {
-		return nil
-	}
-	t.seen[id] = struct{}{}
-	t.seenOrder = append(t.seenOrder, id)
-	if len(t.seenOrder) > tailSeenMax {
-		delete(t.seen, t.seenOrder[0])
-		t.seenOrder = t.seenOrder[1:]
-	}
-	var ev tailEvent
-	_ = json.Unmarshal(m.Event, &ev) // typed fields are validated by the server; oddities print as blanks
-	t.maxSeen = max(t.maxSeen, id)
-	if t.o.json {
-		t.out.Write(raw)
-		t.out.WriteByte('\n')
-	} else {
-		t.out.WriteString(formatEvent(m, &ev, t.o.color))
-	}
-	t.printed++
-	if t.o.count > 0 && t.printed >= t.o.count {
-		return errTailDone
-	}
-	return nil
-}
 
 // tailEvent is the part of an event a line shows.
 type tailEvent struct {
@@ -548,7 +371,7 @@ var priorityStyle = map[string]string{"critical": "\x1b[1;91m", "high": "\x1b[93
 //
 // Everything the producer wrote is stripped of control characters, so an
 // event cannot move the cursor or restyle the terminal.
-func formatEvent(m *serverMessage, ev *tailEvent, color bool) string {
+func formatEvent(m *client.Event, ev *tailEvent, color bool) string {
 	var b strings.Builder
 	field := func(style, s string, width int) {
 		s = printable(s)
@@ -567,8 +390,8 @@ func formatEvent(m *serverMessage, ev *tailEvent, color bool) string {
 		}
 		b.WriteByte(' ')
 	}
-	ts := m.Timestamp
-	if t, err := time.Parse(time.RFC3339Nano, m.Timestamp); err == nil {
+	ts := ""
+	if t := m.Timestamp; !t.IsZero() {
 		if color {
 			ts = t.Local().Format("15:04:05.000")
 		} else {
