@@ -182,6 +182,11 @@ var (
 // startFlarecast builds cmd/flarecast once per test binary and runs it with
 // its ingest socket in a temporary directory, until the benchmark ends.
 func startFlarecast(b *testing.B) string {
+	return startFlarecastWith(b)
+}
+
+// startFlarecastWith is startFlarecast with extra serve flags.
+func startFlarecastWith(b *testing.B, extra ...string) string {
 	flarecastBinOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "flarecast-bench")
 		if err != nil {
@@ -198,8 +203,8 @@ func startFlarecast(b *testing.B) string {
 		b.Fatal(flarecastBinErr)
 	}
 	socket := filepath.Join(b.TempDir(), "ingest.sock")
-	cmd := exec.Command(flarecastBin, "serve", "--listen", "127.0.0.1:0", "--admin-listen", "",
-		"--ingest-socket", socket, "--log-level", "error")
+	cmd := exec.Command(flarecastBin, append([]string{"serve", "--listen", "127.0.0.1:0", "--admin-listen", "",
+		"--ingest-socket", socket, "--log-level", "error"}, extra...)...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/flarecast/flarecast/auth"
+	"github.com/flarecast/flarecast/ingest"
 )
 
 // Config is everything `flarecast serve` can be told. The zero value is not
@@ -24,6 +25,19 @@ type Config struct {
 	// IngestSocket is the Unix socket producers write NDJSON events to.
 	// Empty disables it (embedders may publish in-process only).
 	IngestSocket string
+	// IngestListen is the TCP address of the HTTP ingest endpoint
+	// (POST /v1/events, package ingest's HTTPServer) for producers on
+	// other hosts. Empty disables it.
+	IngestListen string
+	// IngestTokenFile holds the bearer tokens HTTP ingest accepts, one per
+	// line (blank lines and #comments ignored). Required with
+	// IngestListen unless IngestInsecure.
+	IngestTokenFile string
+	// IngestInsecure serves HTTP ingest without a token; only on a
+	// loopback address, for experiments.
+	IngestInsecure bool
+	// IngestMaxBody bounds one HTTP ingest request body in bytes.
+	IngestMaxBody int
 
 	// MaxPendingMessages and MaxPendingBytes bound what waits for one
 	// connection because its socket does not drain: frames held back once
@@ -121,6 +135,7 @@ func DefaultConfig() Config {
 		Path:               "/ws",
 		AdminListen:        ":9090",
 		IngestSocket:       "flarecast.sock",
+		IngestMaxBody:      8 << 20,
 		MaxPendingMessages: 1000,
 		MaxPendingBytes:    1 << 20,
 		HeartbeatInterval:  30 * time.Second,
@@ -169,6 +184,7 @@ func (c *Config) Validate() error {
 	positive("max-subscriptions", c.MaxSubscriptions)
 	positive("event-loops", c.EventLoops)
 	errs = append(errs, c.validateSecurity()...)
+	errs = append(errs, c.validateIngestHTTP()...)
 	positiveDur("heartbeat-interval", c.HeartbeatInterval)
 	positiveDur("session-timeout", c.SessionTimeout)
 	positiveDur("cleanup-interval", c.CleanupInterval)
@@ -186,4 +202,25 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("compression-min-size must not be negative, got %d", c.CompressionMinSize))
 	}
 	return errors.Join(errs...)
+}
+
+// validateIngestHTTP checks the HTTP ingest settings: a listener needs a
+// token file, or --ingest-insecure on a loopback address.
+func (c *Config) validateIngestHTTP() []error {
+	if c.IngestListen == "" {
+		return nil
+	}
+	var errs []error
+	switch {
+	case c.IngestTokenFile != "" && c.IngestInsecure:
+		errs = append(errs, errors.New("ingest-token-file and ingest-insecure exclude each other"))
+	case c.IngestTokenFile == "" && !c.IngestInsecure:
+		errs = append(errs, errors.New("ingest-listen needs ingest-token-file (or ingest-insecure on a loopback address)"))
+	case c.IngestInsecure && !ingest.IsLoopback(c.IngestListen):
+		errs = append(errs, fmt.Errorf("ingest-insecure serves without a token: only on a loopback address such as 127.0.0.1:8081, got %q", c.IngestListen))
+	}
+	if c.IngestMaxBody <= 0 {
+		errs = append(errs, fmt.Errorf("ingest-max-body must be positive, got %d", c.IngestMaxBody))
+	}
+	return errs
 }

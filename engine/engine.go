@@ -2,7 +2,7 @@
 // WebSocket to clients, the dispatcher that matches each accepted event
 // against every subscription once, and the glue between them.
 //
-// Data flows one way: Publish (called by the ingest socket or an embedding
+// Data flows one way: Publish (called by the ingest socket, HTTP ingest or an embedding
 // program) validates nothing itself — it takes a parsed event.Event — and
 // puts it into the ring, whose sequence number becomes the event's
 // message_id; the dispatcher goroutine takes events from the ring in order,
@@ -13,6 +13,7 @@ package engine
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -39,8 +40,9 @@ type Engine struct {
 	log     *slog.Logger
 	metrics *engineMetrics
 	disp    *dispatcher
-	broker  *broker.Redis // nil on a single instance
-	limits  connLimiter   // connections per server and per client address
+	broker  *broker.Redis       // nil on a single instance
+	tokens  [][sha256.Size]byte // HTTP ingest's bearer tokens (digests)
+	limits  connLimiter         // connections per server and per client address
 
 	loopsMu sync.Mutex
 	loops   map[gnet.EventLoop]*loop
@@ -49,6 +51,7 @@ type Engine struct {
 	bootedCh  chan struct{}
 	addr      net.Addr
 	adminAddr net.Addr
+	httpAddr  net.Addr // the HTTP ingest listener's, once Run opened it
 	stopping  atomic.Bool
 	started   time.Time // the engine clock's zero
 
@@ -86,6 +89,16 @@ func New(cfg Config) (*Engine, error) {
 		e.inputTolerance = int64(inputBurst * time.Second)
 	}
 	e.disp = newDispatcher(e)
+	if cfg.IngestListen != "" {
+		if cfg.IngestTokenFile != "" {
+			tokens, err := ingest.LoadTokens(cfg.IngestTokenFile)
+			if err != nil {
+				return nil, err
+			}
+			e.tokens = tokens
+		}
+		e.metrics.addHTTPIngest()
+	}
 	if cfg.Broker != "" {
 		b, err := broker.NewRedis(cfg.Broker, cfg.HistorySize)
 		if err != nil {
@@ -257,7 +270,7 @@ func (e *Engine) Ready() <-chan struct{} { return e.bootedCh }
 // gets `closing` (server_shutdown) and a 1001 close frame. It returns nil
 // after a clean shutdown, or the first listener that could not be opened.
 func (e *Engine) Run(ctx context.Context) error {
-	var ingestLn, adminLn net.Listener
+	var ingestLn, adminLn, httpLn net.Listener
 	var err error
 	if e.cfg.IngestSocket != "" {
 		if ingestLn, err = ingest.Listen(e.cfg.IngestSocket); err != nil {
@@ -265,14 +278,26 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 		defer os.Remove(e.cfg.IngestSocket)
 	}
+	closeListeners := func() {
+		for _, ln := range []net.Listener{ingestLn, adminLn, httpLn} {
+			if ln != nil {
+				ln.Close()
+			}
+		}
+	}
 	if e.cfg.AdminListen != "" {
 		if adminLn, err = net.Listen("tcp", e.cfg.AdminListen); err != nil {
-			if ingestLn != nil {
-				ingestLn.Close()
-			}
+			closeListeners()
 			return fmt.Errorf("admin listener: %w", err)
 		}
 		e.adminAddr = adminLn.Addr()
+	}
+	if e.cfg.IngestListen != "" {
+		if httpLn, err = net.Listen("tcp", e.cfg.IngestListen); err != nil {
+			closeListeners()
+			return fmt.Errorf("HTTP ingest listener: %w", err)
+		}
+		e.httpAddr = httpLn.Addr()
 	}
 
 	dispDone := make(chan struct{})
@@ -297,12 +322,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	case err := <-gnetErr:
 		e.disp.ring.Close()
 		<-dispDone
-		if ingestLn != nil {
-			ingestLn.Close()
-		}
-		if adminLn != nil {
-			adminLn.Close()
-		}
+		closeListeners()
 		return fmt.Errorf("WebSocket listener %s: %w", e.cfg.Listen, err)
 	}
 	go e.housekeeper(hkCtx)
@@ -334,13 +354,29 @@ func (e *Engine) Run(ctx context.Context) error {
 	} else {
 		close(ingestDone)
 	}
+	httpDone := make(chan struct{})
+	if httpLn != nil {
+		srv := &ingest.HTTPServer{
+			Publisher: e, MaxLineSize: e.cfg.MaxMessageSize, MaxBody: e.cfg.IngestMaxBody,
+			Tokens: e.tokens, Insecure: e.cfg.IngestInsecure,
+			Observe: e.metrics.httpIngestRequest, Logger: e.log,
+		}
+		go func() {
+			defer close(httpDone)
+			if err := srv.Serve(ingestCtx, httpLn); err != nil {
+				e.log.Error("HTTP ingest stopped", "err", err)
+			}
+		}()
+	} else {
+		close(httpDone)
+	}
 	var admin *http.Server
 	if adminLn != nil {
 		admin = &http.Server{Handler: e.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = admin.Serve(adminLn) }()
 	}
 	e.log.Info("flarecast serving", "websocket", e.addr.String()+e.cfg.Path,
-		"admin", addrString(e.adminAddr), "ingest", e.cfg.IngestSocket)
+		"admin", addrString(e.adminAddr), "ingest", e.cfg.IngestSocket, "ingest_http", addrString(e.httpAddr))
 
 	var runErr error
 	select {
@@ -354,6 +390,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	// on every loop, then stop the loops.
 	stopIngest()
 	<-ingestDone
+	<-httpDone // in-flight HTTP requests finished (within their grace)
 	stopTail()
 	<-tailDone
 	if e.broker != nil {
@@ -409,6 +446,17 @@ func (e *Engine) readiness() error {
 		return errors.New("broker unreachable")
 	}
 	return nil
+}
+
+// IngestHTTPAddr returns the HTTP ingest listener's address once Run has
+// opened it (useful with port 0), or nil.
+func (e *Engine) IngestHTTPAddr() net.Addr {
+	select {
+	case <-e.bootedCh:
+		return e.httpAddr
+	default:
+		return nil
+	}
 }
 
 // AdminAddr returns the admin listener's address once Run has opened it.

@@ -29,6 +29,12 @@ type testServer struct {
 
 func startServer(t testing.TB, mutate func(*engine.Config)) *testServer {
 	t.Helper()
+	return startServerWith(t, mutate, nil)
+}
+
+// startServerWith is startServer calling prepare, if set, between New and Run.
+func startServerWith(t testing.TB, mutate func(*engine.Config), prepare func(*engine.Engine)) *testServer {
+	t.Helper()
 	cfg := engine.DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.AdminListen = "127.0.0.1:0"
@@ -40,6 +46,9 @@ func startServer(t testing.TB, mutate func(*engine.Config)) *testServer {
 	eng, err := engine.New(cfg)
 	if err != nil {
 		t.Fatalf("engine.New: %v", err)
+	}
+	if prepare != nil {
+		prepare(eng)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &testServer{eng: eng, socket: cfg.IngestSocket, cancel: cancel, done: make(chan error, 1)}

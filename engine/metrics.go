@@ -44,6 +44,25 @@ type engineMetrics struct {
 	closes            map[string]*metrics.Counter
 	refused           map[string]*metrics.Counter
 	inputWaits        [len(inputWaitReasons)]*metrics.Counter // by inputWait; [inputReady] unused
+	httpIngest        map[int]*metrics.Counter                // by status code; nil without --ingest-listen
+}
+
+// httpIngestCodes are the statuses HTTP ingest answers with.
+var httpIngestCodes = []int{200, 400, 401, 404, 405, 413, 415, 503}
+
+// addHTTPIngest registers the HTTP ingest series (--ingest-listen only).
+func (m *engineMetrics) addHTTPIngest() {
+	m.httpIngest = make(map[int]*metrics.Counter, len(httpIngestCodes))
+	for _, code := range httpIngestCodes {
+		m.httpIngest[code] = m.set.NewCounter(fmt.Sprintf(`flarecast_http_ingest_requests_total{code="%d"}`, code))
+	}
+}
+
+// httpIngestRequest counts one HTTP ingest request by its status code.
+func (m *engineMetrics) httpIngestRequest(code int) {
+	if c := m.httpIngest[code]; c != nil {
+		c.Inc()
+	}
 }
 
 var errorCodes = []string{

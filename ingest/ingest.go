@@ -1,7 +1,9 @@
 // Package ingest is the producers' side of flarecast: a Unix socket on which
 // each line is one JSON event (NDJSON) and each line gets one reply line, in
 // order. Producers may pipeline; a bad line is answered and forgotten, it
-// never closes the connection or affects other lines.
+// never closes the connection or affects other lines. HTTPServer is the
+// same for producers on other hosts: POST /v1/events with an NDJSON body,
+// one reply line per body line, through the same code.
 package ingest
 
 import (
@@ -209,6 +211,12 @@ func (b *batch) len() int { return len(b.bounds) }
 
 // answer publishes the batch and writes one reply per line, in order.
 func (s *Server) answer(ctx context.Context, w *bufio.Writer, b *batch) error {
+	return answer(ctx, s.Publisher, s.MaxLineSize, w, b)
+}
+
+// answer publishes the batch and writes one reply per line, in order: the
+// one path of both transports, the socket and HTTP.
+func answer(ctx context.Context, p Publisher, maxLineSize int, w *bufio.Writer, b *batch) error {
 	if b.len() == 0 {
 		return nil
 	}
@@ -225,15 +233,15 @@ func (s *Server) answer(ctx context.Context, w *bufio.Writer, b *batch) error {
 	b.ids = slices.Grow(b.ids[:0], n)[:n]
 	b.errs = slices.Grow(b.errs[:0], n)[:n]
 	if n > 0 {
-		s.Publisher.PublishJSONBatch(ctx, valid, b.ids, b.errs)
+		p.PublishJSONBatch(ctx, valid, b.ids, b.errs)
 	}
 	j := 0
 	var err error
 	for _, size := range b.tooLong {
 		if size > 0 {
-			s.Publisher.Rejected()
+			p.Rejected()
 			b.reply = codec.AppendIngestError(b.reply[:0], codec.CodeInvalidEvent,
-				fmt.Sprintf("line of %d bytes exceeds max-message-size (%d)", size, s.MaxLineSize))
+				fmt.Sprintf("line of %d bytes exceeds max-message-size (%d)", size, maxLineSize))
 		} else {
 			b.reply = appendReply(b.reply[:0], b.ids[j], b.errs[j])
 			j++

@@ -1,6 +1,8 @@
 // Package producer publishes incident-management events to flarecast from
-// Go: over the server's ingest socket with a Client, or in-process to an
-// embedded *engine.Engine, through the same typed handlers.
+// Go: over the server's ingest socket with a Client, from another host over
+// HTTP ingest (--ingest-listen) with an HTTPClient (DialHTTP), or
+// in-process to an embedded *engine.Engine, through the same typed
+// handlers.
 //
 // A Client sends events as NDJSON lines and matches each reply line to its
 // event, so many goroutines can publish over one connection with their

@@ -34,6 +34,7 @@ func TestE2E(t *testing.T) {
 	t.Run("ServeCompressionOffAndSizeUnits", func(t *testing.T) { testServeCompressionOffAndSizeUnits(t, bin) })
 	t.Run("UsageErrors", func(t *testing.T) { testUsageErrors(t, bin) })
 	t.Run("PublishNoServer", func(t *testing.T) { testPublishNoServer(t, bin) })
+	t.Run("PublishHTTP", func(t *testing.T) { testPublishHTTP(t, bin) })
 }
 
 // e2eBuildBinary builds ./cmd/flarecast (this package's directory) into
@@ -435,6 +436,12 @@ func testUsageErrors(t *testing.T, bin string) {
 		{"zero filter values", nil, serve("--max-filter-values", "0"), "max-filter-values"},
 		{"bad filter values", []string{"FLARECAST_MAX_FILTER_VALUES=many"}, serve(), "FLARECAST_MAX_FILTER_VALUES"},
 		{"publish unknown flag", nil, []string{"publish", "--bogus"}, "bogus"},
+		{"ingest-listen without a token file", nil, serve("--ingest-listen", "127.0.0.1:0"), "ingest-token-file"},
+		{"ingest-insecure off loopback", nil, serve("--ingest-listen", ":0", "--ingest-insecure"), "loopback"},
+		{"ingest token file missing", nil, serve("--ingest-listen", "127.0.0.1:0", "--ingest-token-file", filepath.Join(tmp, "none")), "ingest token file"},
+		{"bad ingest-max-body", []string{"FLARECAST_INGEST_MAX_BODY=huge"}, serve(), "FLARECAST_INGEST_MAX_BODY"},
+		{"publish token without url", nil, []string{"publish", "--token", "t"}, "--url"},
+		{"publish bad url", nil, []string{"publish", "--url", "ftp://x"}, "--url"},
 		{"publish two files", nil, []string{"publish", "--ingest-socket", filepath.Join(tmp, "u.sock"), "a", "b"}, "file"},
 		{"unknown command", nil, []string{"frobnicate"}, "frobnicate"},
 	}
@@ -468,5 +475,60 @@ func testPublishNoServer(t *testing.T, bin string) {
 	code, _, stderr := e2eRun(t, bin, e2eEnv(), `{"event_type":"system_event"}`+"\n", "publish", "--ingest-socket", sock)
 	if code != 1 || !strings.Contains(stderr, sock) {
 		t.Errorf("publish to a missing socket: exit %d, stderr %q; want 1 and the socket named", code, stderr)
+	}
+}
+
+// testPublishHTTP: `flarecast publish --url` sends over a real server's
+// HTTP ingest (--ingest-listen, --ingest-token-file), with the same output
+// and exit codes as over the socket; a wrong token exits 1 naming 401.
+func testPublishHTTP(t *testing.T, bin string) {
+	tokens := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(tokens, []byte("# e2e\ne2e-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ingestAddr := e2eFreePort(t)
+	s := startE2EServer(t, bin, "--ingest-listen", ingestAddr, "--ingest-token-file", tokens)
+	c, _ := dialE2E(t, s, nil)
+	c.subscribe(map[string]any{})
+	url := "http://" + ingestAddr
+
+	content := `{"event_type":"incident_created","severity":"P1"}` + "\n\n" +
+		`{"event_type":"incident_created","severity":"P9"}` + "\n" +
+		`{"event_type":"incident_updated","n":4}` + "\n"
+	code, stdout, stderr := e2eRun(t, bin, e2eEnv(), content, "publish", "--url", url, "--token-file", tokens)
+	if code != 1 {
+		t.Errorf("publish --url with a rejected line exited %d, want 1 (stderr %q)", code, stderr)
+	}
+	out := strings.Split(strings.TrimRight(stdout, "\n"), "\n")
+	if len(out) != 3 || !e2eAcceptedLine.MatchString(out[0]) || !e2eAcceptedLine.MatchString(out[2]) {
+		t.Fatalf("publish --url printed %q", stdout)
+	}
+	if m := e2eRejectedLine.FindStringSubmatch(out[1]); m == nil || m[1] != "3" || !strings.Contains(m[2], "INVALID_EVENT") {
+		t.Fatalf("output line %q, want `line 3: rejected: INVALID_EVENT …`", out[1])
+	}
+	for i, line := range []string{out[0], out[2]} {
+		id := e2eAcceptedLine.FindStringSubmatch(line)[2]
+		if m := c.read(); m["type"] != "event" || fmt.Sprint(m["message_id"]) != id {
+			t.Fatalf("event %d: got %v, want message_id %s", i, m, id)
+		}
+	}
+
+	// The token from the environment, only good lines: exit 0.
+	code, stdout, stderr = e2eRun(t, bin, e2eEnv("FLARECAST_TOKEN=e2e-token", "FLARECAST_URL="+url),
+		`{"event_type":"system_event"}`+"\n", "publish")
+	if code != 0 || !e2eAcceptedLine.MatchString(strings.TrimSpace(stdout)) {
+		t.Errorf("publish with FLARECAST_URL/FLARECAST_TOKEN: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	if m := c.read(); m["type"] != "event" {
+		t.Fatalf("want the event, got %v", m)
+	}
+
+	// A wrong token: every line rejected, 401 named, exit 1.
+	code, stdout, _ = e2eRun(t, bin, e2eEnv(), `{"event_type":"system_event"}`+"\n", "publish", "--url", url, "--token", "nope")
+	if code != 1 || !strings.Contains(stdout, "401") || !strings.Contains(stdout, "line 1: rejected") {
+		t.Errorf("wrong token: exit %d, stdout %q", code, stdout)
+	}
+	if code := s.stop(t); code != 0 {
+		t.Errorf("serve exited %d after SIGTERM:\n%s", code, s.stderr.String())
 	}
 }

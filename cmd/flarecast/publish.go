@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -21,6 +22,9 @@ const publishBatch = 256
 func publish(args []string) error {
 	fs := newFlagSet("publish")
 	socket := fs.String("ingest-socket", "flarecast.sock", "the server's ingest socket")
+	ingestURL := fs.String("url", "", "send over HTTP ingest instead of the socket: http(s)://HOST:PORT of a server's --ingest-listen")
+	token := fs.String("token", "", "bearer token for --url (prefer --token-file or FLARECAST_TOKEN: flags show in ps)")
+	tokenFile := fs.String("token-file", "", "file whose first token line (blank lines and # comments skipped) is the bearer token for --url")
 	timeout := fs.Duration("timeout", 30*time.Second, "give up on a batch of events not answered within this (the server may be restarting)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -43,11 +47,29 @@ func publish(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	client, err := producer.Dial(ctx, *socket)
-	if err != nil {
-		return err
+	var client batchPublisher
+	if *ingestURL != "" {
+		tok, err := publishToken(*token, *tokenFile)
+		if err != nil {
+			return err
+		}
+		hc, err := producer.DialHTTP(*ingestURL, tok)
+		if err != nil {
+			return usageError("--url: " + err.Error())
+		}
+		defer hc.Close()
+		client = hc
+	} else {
+		if *token != "" || *tokenFile != "" {
+			return usageError("--token and --token-file go with --url")
+		}
+		sc, err := producer.Dial(ctx, *socket)
+		if err != nil {
+			return err
+		}
+		defer sc.Close()
+		client = sc
 	}
-	defer client.Close()
 
 	out := bufio.NewWriter(os.Stdout)
 	defer out.Flush()
@@ -92,4 +114,30 @@ func publish(args []string) error {
 		return errors.New(fmt.Sprint(rejected, " of the events were rejected"))
 	}
 	return nil
+}
+
+// batchPublisher is what publish needs of a transport: the socket's
+// *producer.Client or HTTP ingest's *producer.HTTPClient.
+type batchPublisher interface {
+	PublishBatch(ctx context.Context, events [][]byte) []producer.Result
+}
+
+// publishToken returns the bearer token of --token or --token-file.
+func publishToken(token, file string) (string, error) {
+	switch {
+	case token != "" && file != "":
+		return "", usageError("--token and --token-file exclude each other")
+	case file == "":
+		return token, nil
+	}
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return "", usageError("--token-file: " + err.Error())
+	}
+	for line := range strings.Lines(string(raw)) {
+		if tok := strings.TrimSpace(line); tok != "" && !strings.HasPrefix(tok, "#") {
+			return tok, nil
+		}
+	}
+	return "", usageError("--token-file " + file + " holds no token")
 }
