@@ -48,10 +48,11 @@ type dispatcher struct {
 	index   *filterindex.Index
 	history *ring.History[*outFrame]
 
-	sessions  map[string]*session
-	slots     []*session // by session slot (filter index owner)
-	freeSlots []uint32
-	replaying []*session // sessions whose replay pump has work
+	sessions   map[string]*session
+	slots      []*session // by session slot (filter index owner)
+	freeSlots  []uint32
+	replaying  []*session // sessions whose replay pump has work
+	replayTurn int        // which of them goes first this round (pumpReplays)
 
 	lastID uint64 // message_id of the last event dispatched
 

@@ -27,25 +27,35 @@ func (d *dispatcher) setReplaying(s *session, on bool) {
 	}
 }
 
+// replayScanBudget bounds the history entries the replay pumps look at in
+// one round of the dispatcher, across all sessions: a backfill over the
+// whole window with a narrow filter would otherwise hold the dispatcher,
+// and everybody's live events, for the whole walk (100,000 entries are
+// about 10 ms). What is left goes on in the next rounds, between batches.
+const replayScanBudget = 4096
+
 // pumpReplays moves replaying sessions forward as far as their connection
-// queues have room, so a replay of the whole window never overflows a
-// queue. It reports whether it queued anything.
+// queues have room and replayScanBudget allows, so a replay of the whole
+// window never overflows a queue nor delays live dispatch by more than a
+// round's budget. Sessions take turns at the front of the budget. It
+// reports whether it made progress.
 func (d *dispatcher) pumpReplays() bool {
 	if len(d.replaying) == 0 {
 		return false
 	}
+	n := len(d.replaying)
+	d.replayTurn = (d.replayTurn + 1) % n
+	budget := replayScanBudget
 	worked := false
-	keep := d.replaying[:0]
-	for _, s := range d.replaying {
-		if s.replayNext == 0 || s.conn == nil {
-			if s.conn == nil && s.replayNext != 0 {
-				keep = append(keep, s) // resumes when a connection attaches
-			}
-			continue
-		}
-		if d.pump(s) {
+	for i := range n {
+		s := d.replaying[(d.replayTurn+i)%n]
+		if s.replayNext != 0 && s.conn != nil && budget > 0 && d.pump(s, &budget) {
 			worked = true
 		}
+	}
+	keep := d.replaying[:0]
+	for _, s := range d.replaying {
+		// A detached session resumes its replay when a connection attaches.
 		if s.replayNext != 0 {
 			keep = append(keep, s)
 		}
@@ -57,8 +67,10 @@ func (d *dispatcher) pumpReplays() bool {
 
 // pump queues the next events of s's replay, as many as its connection's
 // queue has room for: half the pending bounds, in frames and in bytes, so
-// that a replay never trips them even when the socket does not drain.
-func (d *dispatcher) pump(s *session) bool {
+// that a replay never trips them even when the socket does not drain. It
+// looks at *budget history entries at most, takes them from the budget,
+// and reports whether it moved.
+func (d *dispatcher) pump(s *session, budget *int) bool {
 	c := s.conn
 	frames, bytes := c.loop.pendingOf(c)
 	room := max(1, d.cfg.MaxPendingMessages/2) - frames
@@ -78,11 +90,12 @@ func (d *dispatcher) pump(s *session) bool {
 			first))
 		s.replayNext = first
 	}
-	queued := 0
+	queued, scanned := 0, 0
 	d.history.After(s.replayNext-1, func(id uint64, f *outFrame) bool {
-		if queued >= room || byteRoom <= 0 {
+		if queued >= room || byteRoom <= 0 || scanned >= *budget {
 			return false
 		}
+		scanned++
 		s.replayNext = id + 1
 		if s.owed(d.index, id, f.ev) {
 			d.deliver(c, f)
@@ -91,10 +104,11 @@ func (d *dispatcher) pump(s *session) bool {
 		}
 		return true
 	})
+	*budget -= scanned
 	m.replayed.Add(queued)
 	if s.replayNext > d.lastID {
 		s.replayNext = 0 // caught up: live from the next event
 		d.setReplaying(s, false)
 	}
-	return queued > 0
+	return scanned > 0
 }

@@ -438,6 +438,41 @@ func TestResumeWithoutAcksWhileFlowing(t *testing.T) {
 
 // ---- since backfill ----
 
+// TestSinceBackfillNarrowOverLargeWindow: a backfill over more history
+// than the replay pumps look at in one dispatcher round (a narrow filter
+// over 10,000 events, 1 in 1,000 matching) goes on over several rounds and
+// still delivers every match, in order, then live events, to the
+// subscriber; another client gets its live events meanwhile.
+func TestSinceBackfillNarrowOverLargeWindow(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, nil)
+	other := s.dial(t, "")
+	other.subscribe("wide", map[string]any{"sources": []string{"wide"}})
+	lines := make([]string, 10_000)
+	for i := range lines {
+		src := "bulk"
+		if i%1000 == 999 {
+			src = "rare"
+		}
+		lines[i] = evUpdated(fmt.Sprintf(`"source":%q,"n":%d`, src, i))
+	}
+	ids := s.publishInProcess(t, lines)
+	var want []uint64
+	for i, id := range ids {
+		if i%1000 == 999 {
+			want = append(want, id)
+		}
+	}
+	c := s.dial(t, "")
+	c.send(map[string]any{"type": "subscribe", "subscription_id": "rare",
+		"filters": map[string]any{"sources": []string{"rare"}}, "since": 0})
+	c.expect("subscribed")
+	wide := s.mustPublish(t, evUpdated(`"source":"wide"`))
+	expectIDs(t, "the other client's live event", other.events(1), wide)
+	fence := s.mustPublish(t, evUpdated(`"source":"rare","fence":true`))[0]
+	expectIDs(t, "narrow backfill then live", c.idsThrough(fence), append(want, fence))
+}
+
 // TestSinceBackfill: a subscription with `since` first gets the window's
 // matching events after that message_id, in order, then live ones.
 func TestSinceBackfill(t *testing.T) {
