@@ -38,6 +38,10 @@ type Config struct {
 	IngestInsecure bool
 	// IngestMaxBody bounds one HTTP ingest request body in bytes.
 	IngestMaxBody int
+	// AdaptersConfig is the --adapters-config file (YAML or JSON, package
+	// adapter's Config) of the alert-source webhooks that HTTP ingest
+	// serves under /v1/adapters/; empty keeps the defaults.
+	AdaptersConfig string
 
 	// MaxPendingMessages and MaxPendingBytes bound what waits for one
 	// connection because its socket does not drain: frames held back once
@@ -208,6 +212,9 @@ func (c *Config) Validate() error {
 // token file, or --ingest-insecure on a loopback address.
 func (c *Config) validateIngestHTTP() []error {
 	if c.IngestListen == "" {
+		if c.AdaptersConfig != "" {
+			return []error{errors.New("adapters-config needs ingest-listen: the adapters are served on the HTTP ingest listener")}
+		}
 		return nil
 	}
 	var errs []error

@@ -28,6 +28,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/flarecast/flarecast/adapter"
 	"github.com/flarecast/flarecast/broker"
 	"github.com/flarecast/flarecast/event"
 	"github.com/flarecast/flarecast/ingest"
@@ -36,13 +37,14 @@ import (
 
 // Engine is one flarecast server. Create it with New, start it with Run.
 type Engine struct {
-	cfg     Config
-	log     *slog.Logger
-	metrics *engineMetrics
-	disp    *dispatcher
-	broker  *broker.Redis       // nil on a single instance
-	tokens  [][sha256.Size]byte // HTTP ingest's bearer tokens (digests)
-	limits  connLimiter         // connections per server and per client address
+	cfg      Config
+	log      *slog.Logger
+	metrics  *engineMetrics
+	disp     *dispatcher
+	broker   *broker.Redis       // nil on a single instance
+	tokens   [][sha256.Size]byte // HTTP ingest's bearer tokens (digests)
+	adapters *ingest.Adapters    // HTTP ingest's alert-source webhooks
+	limits   connLimiter         // connections per server and per client address
 
 	loopsMu sync.Mutex
 	loops   map[gnet.EventLoop]*loop
@@ -98,6 +100,19 @@ func New(cfg Config) (*Engine, error) {
 			e.tokens = tokens
 		}
 		e.metrics.addHTTPIngest()
+		acfg := adapter.Default()
+		if cfg.AdaptersConfig != "" {
+			loaded, err := adapter.Load(cfg.AdaptersConfig)
+			if err != nil {
+				return nil, err
+			}
+			acfg = loaded
+		}
+		e.adapters = &ingest.Adapters{
+			Config:  acfg,
+			Dedupe:  adapter.NewDedupe(acfg.Dedupe.MaxKeys, time.Duration(acfg.Dedupe.Window)),
+			Observe: e.metrics.addAdapters(),
+		}
 	}
 	if cfg.Broker != "" {
 		b, err := broker.NewRedis(cfg.Broker, cfg.HistorySize)
@@ -359,7 +374,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		srv := &ingest.HTTPServer{
 			Publisher: e, MaxLineSize: e.cfg.MaxMessageSize, MaxBody: e.cfg.IngestMaxBody,
 			Tokens: e.tokens, Insecure: e.cfg.IngestInsecure,
-			Observe: e.metrics.httpIngestRequest, Logger: e.log,
+			Observe: e.metrics.httpIngestRequest, Logger: e.log, Adapters: e.adapters,
 		}
 		go func() {
 			defer close(httpDone)

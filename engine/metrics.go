@@ -10,6 +10,7 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 
 	"github.com/flarecast/flarecast/codec"
+	"github.com/flarecast/flarecast/ingest"
 )
 
 // engineMetrics are one engine's Prometheus series. Each engine has its own
@@ -55,6 +56,22 @@ func (m *engineMetrics) addHTTPIngest() {
 	m.httpIngest = make(map[int]*metrics.Counter, len(httpIngestCodes))
 	for _, code := range httpIngestCodes {
 		m.httpIngest[code] = m.set.NewCounter(fmt.Sprintf(`flarecast_http_ingest_requests_total{code="%d"}`, code))
+	}
+}
+
+// addAdapters registers flarecast_adapter_alerts_total{adapter,result}
+// (--ingest-listen only) and returns the function that counts into it.
+func (m *engineMetrics) addAdapters() func(adapter, result string, n int) {
+	counters := make(map[[2]string]*metrics.Counter)
+	for _, a := range ingest.AdapterNames {
+		for _, r := range ingest.AdapterResults {
+			counters[[2]string{a, r}] = m.set.NewCounter(`flarecast_adapter_alerts_total{adapter="` + a + `",result="` + r + `"}`)
+		}
+	}
+	return func(adapter, result string, n int) {
+		if c := counters[[2]string{adapter, result}]; c != nil {
+			c.Add(n)
+		}
 	}
 }
 

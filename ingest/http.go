@@ -60,6 +60,9 @@ type HTTPServer struct {
 	// published are answered UNAVAILABLE.
 	ShutdownGrace time.Duration
 	Logger        *slog.Logger
+	// Adapters, if set, serves the alert-source webhooks under
+	// AdaptersPrefix (adapters.go).
+	Adapters *Adapters
 
 	mu       sync.Mutex
 	draining bool
@@ -161,6 +164,10 @@ func (s *HTTPServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	defer s.active.Done()
 
+	if name, ok := strings.CutPrefix(r.URL.Path, AdaptersPrefix); ok && s.Adapters != nil {
+		s.serveAdapter(w, r, name)
+		return
+	}
 	if r.URL.Path != EventsPath {
 		s.fail(w, http.StatusNotFound, "not found: events are posted to "+EventsPath)
 		return
@@ -171,12 +178,7 @@ func (s *HTTPServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !s.authorized(r) {
-		if r.Header.Get("Authorization") == "" {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="flarecast"`)
-		} else {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="flarecast", error="invalid_token"`)
-		}
-		s.fail(w, http.StatusUnauthorized, "unauthorized: send Authorization: Bearer <token>")
+		s.unauthorized(w, r)
 		return
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" {
@@ -289,6 +291,15 @@ func (s *HTTPServer) authorized(r *http.Request) bool {
 		match |= subtle.ConstantTimeCompare(sum[:], s.Tokens[i][:])
 	}
 	return match == 1
+}
+
+func (s *HTTPServer) unauthorized(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Authorization") == "" {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="flarecast"`)
+	} else {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="flarecast", error="invalid_token"`)
+	}
+	s.fail(w, http.StatusUnauthorized, "unauthorized: send Authorization: Bearer <token>")
 }
 
 func (s *HTTPServer) fail(w http.ResponseWriter, code int, msg string) {

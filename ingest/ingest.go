@@ -3,7 +3,9 @@
 // order. Producers may pipeline; a bad line is answered and forgotten, it
 // never closes the connection or affects other lines. HTTPServer is the
 // same for producers on other hosts: POST /v1/events with an NDJSON body,
-// one reply line per body line, through the same code.
+// one reply line per body line, through the same code; on the same
+// listener, Adapters maps the webhooks of Alertmanager, Grafana and
+// PagerDuty to events (package adapter) published through that code too.
 package ingest
 
 import (

@@ -404,6 +404,10 @@ func testUsageErrors(t *testing.T, bin string) {
 	tmp := t.TempDir()
 	safe := []string{"--listen", "127.0.0.1:0", "--admin-listen", "", "--ingest-socket", filepath.Join(tmp, "u.sock")}
 	serve := func(extra ...string) []string { return append(append([]string{"serve"}, safe...), extra...) }
+	badAdapters := filepath.Join(tmp, "adapters.yaml")
+	if err := os.WriteFile(badAdapters, []byte("alertmanager:\n  severty_label: level\n  default_severity: high\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name    string
 		env     []string
@@ -440,6 +444,9 @@ func testUsageErrors(t *testing.T, bin string) {
 		{"ingest-insecure off loopback", nil, serve("--ingest-listen", ":0", "--ingest-insecure"), "loopback"},
 		{"ingest token file missing", nil, serve("--ingest-listen", "127.0.0.1:0", "--ingest-token-file", filepath.Join(tmp, "none")), "ingest token file"},
 		{"bad ingest-max-body", []string{"FLARECAST_INGEST_MAX_BODY=huge"}, serve(), "FLARECAST_INGEST_MAX_BODY"},
+		{"adapters config missing", nil, serve("--ingest-listen", "127.0.0.1:0", "--ingest-insecure", "--adapters-config", filepath.Join(tmp, "none.yaml")), "adapters config"},
+		{"adapters config with two mistakes", nil, serve("--ingest-listen", "127.0.0.1:0", "--ingest-insecure", "--adapters-config", badAdapters), "severty_label"},
+		{"adapters config without ingest-listen", []string{"FLARECAST_ADAPTERS_CONFIG=" + badAdapters}, serve(), "adapters-config needs ingest-listen"},
 		{"publish token without url", nil, []string{"publish", "--token", "t"}, "--url"},
 		{"publish bad url", nil, []string{"publish", "--url", "ftp://x"}, "--url"},
 		{"publish two files", nil, []string{"publish", "--ingest-socket", filepath.Join(tmp, "u.sock"), "a", "b"}, "file"},

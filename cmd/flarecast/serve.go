@@ -20,6 +20,7 @@ func serve(args []string) error {
 	fs.StringVar(&cfg.IngestListen, "ingest-listen", cfg.IngestListen, "HTTP ingest address for producers on other hosts: POST /v1/events with NDJSON (empty disables)")
 	fs.StringVar(&cfg.IngestTokenFile, "ingest-token-file", cfg.IngestTokenFile, "bearer tokens HTTP ingest accepts, one per line (# comments); required with --ingest-listen")
 	fs.BoolVar(&cfg.IngestInsecure, "ingest-insecure", cfg.IngestInsecure, "serve HTTP ingest without a token, on a loopback --ingest-listen only")
+	fs.StringVar(&cfg.AdaptersConfig, "adapters-config", cfg.AdaptersConfig, "YAML or JSON file overriding the alert-source adapters' mapping and holding the PagerDuty secret (README: Connect your alerts)")
 	fs.Var(sizeValue{&cfg.IngestMaxBody}, "ingest-max-body", "largest HTTP ingest request body; larger gets 413 and nothing of it is published")
 	fs.IntVar(&cfg.MaxPendingMessages, "max-pending-messages", cfg.MaxPendingMessages, "frames held back for a connection whose socket does not drain before it is closed as a slow consumer")
 	fs.Var(sizeValue{&cfg.MaxPendingBytes}, "max-pending-bytes", "bytes held back (and buffered) for a connection whose socket does not drain before it is closed as a slow consumer")
