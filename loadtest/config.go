@@ -132,6 +132,14 @@ type Config struct {
 	// JSON on stdout (RunAbusersOnly).
 	AbusersOnly bool
 
+	// CompareBaseline runs the workload twice, each against a server spawned
+	// fresh with the same settings: flarecast, then the raw-write baseline
+	// (baseline.go), and compares their CPU per delivery, latency and loss.
+	// It implies Spawn.
+	CompareBaseline bool
+	// baseline spawns the raw-write baseline instead of ServerBin.
+	baseline bool
+
 	// Out is the directory the JSON result and charts are written to ("" writes none).
 	Out string
 	// ProgressInterval is how often the live progress line and the
@@ -278,6 +286,7 @@ func ParseArgs(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.AbuserCPUs, "abuser-cpus", "", "with --abusers: run the abusers' process under taskset -c `LIST` (e.g. 1; empty: not pinned)")
 	fs.StringVar(&c.ServerCPUs, "server-cpus", "", "with --spawn: run the server under taskset -c `LIST` (e.g. 0; empty: not pinned)")
 	fs.BoolVar(&c.AbusersOnly, "abusers-only", false, "internal: be the abusers' process the load tester starts for --abusers (runs --abuser-kinds against --url, stats as JSON on stdout)")
+	fs.BoolVar(&c.CompareBaseline, "compare-baseline", false, "run twice, each against a fresh spawned server (implies --spawn): flarecast, then the raw-write baseline (one write of a once-built frame per matching socket, one goroutine); print both and their ratio")
 	fs.StringVar(&c.Out, "out", base.Out, "directory for the JSON result and charts (empty: none)")
 	fs.DurationVar(&c.ProgressInterval, "progress-interval", base.ProgressInterval, "progress line and timeline sampling interval")
 	if err := fs.Parse(args); err != nil {
@@ -330,6 +339,9 @@ func ParseArgs(args []string, out io.Writer) (Config, error) {
 	c.ServerArgs = append(p.ServerArgs[:len(p.ServerArgs):len(p.ServerArgs)], c.ServerArgs...)
 	if c.Mix, err = ParseMix(mix); err != nil {
 		return Config{}, fmt.Errorf("--mix: %w", err)
+	}
+	if c.CompareBaseline {
+		c.Spawn = true
 	}
 	return c, c.Validate()
 }
@@ -385,6 +397,16 @@ func (c *Config) Validate() error {
 	}
 	if c.ServerCPUs != "" && !c.Spawn {
 		errs = append(errs, errors.New("--server-cpus pins a server the load tester spawns (--spawn); pin your own server with taskset yourself"))
+	}
+	if c.CompareBaseline {
+		switch {
+		case !c.Spawn:
+			errs = append(errs, errors.New("--compare-baseline spawns both servers: it needs --spawn"))
+		case c.PublishOnly || c.Rate <= 0:
+			errs = append(errs, errors.New("--compare-baseline needs connections and a publish rate (not --publish-only, not --rate 0)"))
+		case c.chaotic() || c.Abusers == "on" || c.Abusers == "both":
+			errs = append(errs, errors.New("--compare-baseline compares plain delivery: not with --drop-rate, --churn-rate or --abusers (the baseline has no sessions)"))
+		}
 	}
 	if c.AbusersOnly && (c.Spawn || c.PublishOnly) {
 		errs = append(errs, errors.New("--abusers-only runs the abusers against --url: not with --spawn or --publish-only"))

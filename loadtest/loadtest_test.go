@@ -54,9 +54,27 @@ var (
 // what cmd/flarecast-loadtest does with --abusers-only.
 const abusersChildEnv = "FLARECAST_LOADTEST_TEST_ABUSERS_CHILD"
 
+// baselineChildEnv makes the test binary the raw-write baseline server
+// (what cmd/flarecast-loadtest does with --baseline-server).
+const baselineChildEnv = "FLARECAST_LOADTEST_TEST_BASELINE_CHILD"
+
 func TestMain(m *testing.M) {
 	if os.Getenv(abusersChildEnv) == "1" {
 		os.Exit(abusersChildMain(os.Args[1:]))
+	}
+	if os.Getenv(baselineChildEnv) == "1" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		err := RunBaselineServer(ctx, os.Args[1:], os.Stderr)
+		stop()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "baseline server: %v\n", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	baselineProgram = func() (string, []string, []string, error) {
+		exe, err := os.Executable()
+		return exe, []string{}, []string{baselineChildEnv + "=1"}, err
 	}
 	abusersProgram = func() (string, []string, error) {
 		exe, err := os.Executable()

@@ -37,6 +37,9 @@ type Result struct {
 	// Abuse compares the healthy clients without and with the abusers,
 	// and says what each abuser did (--abusers).
 	Abuse *AbuseReport `json:"abuse,omitempty"`
+	// Baseline compares flarecast with the raw-write baseline server run
+	// on the same workload (--compare-baseline).
+	Baseline *BaselineReport `json:"baseline,omitempty"`
 
 	// Timeline has one sample per progress interval: latency percentiles
 	// of the deliveries in that interval, and throughput.
@@ -272,6 +275,9 @@ func (r *Result) WriteTable(w io.Writer) {
 		row("file", "%s", f)
 	}
 	tw.Flush()
+	if r.Baseline != nil {
+		r.Baseline.write(w)
+	}
 	if r.Abuse != nil {
 		r.Abuse.write(w)
 	}

@@ -99,6 +99,9 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) {
 	if progress == nil {
 		progress = io.Discard
 	}
+	if cfg.CompareBaseline {
+		return runCompareBaseline(ctx, cfg, progress)
+	}
 	if cfg.Abusers == "both" {
 		return runAbuseBoth(ctx, cfg, progress)
 	}
@@ -166,7 +169,15 @@ func runOne(ctx context.Context, cfg Config, progress io.Writer) (*Result, error
 			}
 			logPath = filepath.Join(cfg.Out, cfg.name()+"-server.log")
 		}
-		if srv, err = spawnServer(ctx, cfg.ServerBin, cfg.ServerArgs, cfg.ServerCPUs, logPath); err != nil {
+		bin, lead, extra, env := cfg.ServerBin, []string(nil), cfg.ServerArgs, []string(nil)
+		if cfg.baseline {
+			// The raw-write baseline (baseline.go): this binary again.
+			if bin, lead, env, err = baselineProgram(); err != nil {
+				return nil, fmt.Errorf("baseline server: %w", err)
+			}
+			extra = nil
+		}
+		if srv, err = spawnServer(ctx, bin, lead, extra, env, cfg.ServerCPUs, logPath); err != nil {
 			return nil, err
 		}
 		cfg.URL, cfg.AdminURL, cfg.IngestSocket, cfg.ServerPID = srv.url, srv.adminURL, srv.socket, srv.pid()
@@ -187,8 +198,12 @@ func runOne(ctx context.Context, cfg Config, progress io.Writer) (*Result, error
 		if cfg.ServerCPUs != "" {
 			pinned = " on CPUs " + cfg.ServerCPUs
 		}
+		what := cfg.ServerBin
+		if cfg.baseline {
+			what = "the raw-write baseline"
+		}
 		fmt.Fprintf(progress, "flarecast-loadtest: spawned %s (pid %d%s): %s, admin %s, ingest %s\n",
-			cfg.ServerBin, cfg.ServerPID, pinned, cfg.URL, cfg.AdminURL, cfg.IngestSocket)
+			what, cfg.ServerPID, pinned, cfg.URL, cfg.AdminURL, cfg.IngestSocket)
 	}
 	r.mc = newMetricsClient(cfg.AdminURL)
 	r.serverPID = cfg.ServerPID
@@ -207,6 +222,9 @@ func runOne(ctx context.Context, cfg Config, progress io.Writer) (*Result, error
 		URL: cfg.URL, AdminURL: cfg.AdminURL, IngestSocket: cfg.IngestSocket, ForceGC: cfg.ForceGC, Abusers: cfg.Abusers}
 	if cfg.Spawn {
 		res.Settings.ServerBin, res.Settings.ServerArgs, res.Settings.ServerCPUs = cfg.ServerBin, cfg.ServerArgs, cfg.ServerCPUs
+		if cfg.baseline {
+			res.Settings.ServerBin, res.Settings.ServerArgs = "raw-write baseline ("+BaselineServerFlag+")", nil
+		}
 	}
 	if cfg.abusive() {
 		res.Settings.AbuserCPUs = cfg.AbuserCPUs

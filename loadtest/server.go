@@ -37,11 +37,15 @@ type spawnedServer struct {
 // servingLine is the server's startup log line, which names the ports it got.
 var servingLine = regexp.MustCompile(`msg="flarecast serving" websocket=(\S+) admin=(\S*)`)
 
-// spawnServer starts bin serve and waits for its "flarecast serving" line.
+// spawnServer starts bin serve (or bin lead..., with env added, for the
+// baseline server) and waits for its "flarecast serving" line.
 // The server's stderr goes to logPath (or a file in the temporary directory).
 // With cpus set, it runs under taskset -c cpus (which execs it: the pid is
 // the server's).
-func spawnServer(ctx context.Context, bin string, extra []string, cpus, logPath string) (*spawnedServer, error) {
+func spawnServer(ctx context.Context, bin string, lead, extra, env []string, cpus, logPath string) (*spawnedServer, error) {
+	if lead == nil {
+		lead = []string{"serve"}
+	}
 	dir, err := os.MkdirTemp("", "flarecast-lt-")
 	if err != nil {
 		return nil, fmt.Errorf("temporary directory for the ingest socket: %w", err)
@@ -55,12 +59,15 @@ func spawnServer(ctx context.Context, bin string, extra []string, cpus, logPath 
 		return nil, fmt.Errorf("server log: %w", err)
 	}
 	s := &spawnedServer{dir: dir, socket: filepath.Join(dir, "ingest.sock"), logPath: logPath, exited: make(chan struct{})}
-	args := append([]string{"serve",
+	args := append(append(lead[:len(lead):len(lead)],
 		"--listen", "127.0.0.1:0",
 		"--admin-listen", "127.0.0.1:0",
 		"--ingest-socket", s.socket,
-	}, extra...)
+	), extra...)
 	s.cmd = pinnedCommand(cpus, bin, args...)
+	if len(env) > 0 {
+		s.cmd.Env = append(os.Environ(), env...)
+	}
 	// The server must not outlive the load tester, even one killed hard.
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	stderr, err := s.cmd.StderrPipe()

@@ -23,6 +23,16 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == loadtest.BaselineServerFlag {
+		// The raw-write baseline server --compare-baseline starts (loadtest/baseline.go).
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		if err := loadtest.RunBaselineServer(ctx, os.Args[2:], os.Stderr); err != nil {
+			fmt.Fprintf(os.Stderr, "flarecast-loadtest: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	cfg, err := loadtest.ParseArgs(os.Args[1:], os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
