@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -22,17 +21,11 @@ import (
 	"github.com/flarecast/flarecast/client"
 	"github.com/flarecast/flarecast/engine"
 	"github.com/flarecast/flarecast/internal/cutproxy"
+	"github.com/flarecast/flarecast/internal/enginetest"
 )
 
-// server is a real flarecast engine on loopback, in this process.
-type server struct {
-	eng    *engine.Engine
-	addr   string // host:port of the WebSocket listener
-	ws     string
-	admin  string
-	cancel context.CancelFunc
-	done   chan error
-}
+// server is a real engine in this process (internal/enginetest).
+type server struct{ *enginetest.Server }
 
 func startServer(t *testing.T, mutate func(*engine.Config)) *server {
 	t.Helper()
@@ -62,58 +55,23 @@ func restartOn(t *testing.T, addr string) *server {
 
 func tryStart(t *testing.T, mutate func(*engine.Config)) (*server, error) {
 	t.Helper()
-	cfg := engine.DefaultConfig()
-	cfg.Listen, cfg.AdminListen, cfg.IngestSocket = "127.0.0.1:0", "127.0.0.1:0", ""
+	cfg := enginetest.Config()
 	cfg.EventLoops = 1
-	cfg.Board = false
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	eng, err := engine.New(cfg)
+	s, err := enginetest.Start(t, cfg)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &server{eng: eng, cancel: cancel, done: make(chan error, 1)}
-	go func() { s.done <- eng.Run(ctx) }()
-	select {
-	case <-eng.Ready():
-	case err := <-s.done:
-		cancel()
-		return nil, fmt.Errorf("engine.Run: %w", err)
-	case <-time.After(10 * time.Second):
-		cancel()
-		return nil, errors.New("engine did not start")
-	}
-	s.addr = eng.Addr().String()
-	s.ws = "ws://" + s.addr + "/ws"
-	s.admin = "http://" + eng.AdminAddr().String()
-	t.Cleanup(func() { s.stop(t) })
-	return s, nil
-}
-
-func (s *server) stop(t *testing.T) {
-	t.Helper()
-	if s.cancel == nil {
-		return
-	}
-	s.cancel()
-	s.cancel = nil
-	select {
-	case err := <-s.done:
-		if err != nil {
-			t.Errorf("engine.Run: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Error("engine did not stop")
-	}
+	return &server{s}, nil
 }
 
 func (s *server) publish(t *testing.T, lines ...string) []uint64 {
 	t.Helper()
 	ids := make([]uint64, len(lines))
 	for i, l := range lines {
-		id, err := s.eng.PublishJSON(context.Background(), []byte(l))
+		id, err := s.Eng.PublishJSON(context.Background(), []byte(l))
 		if err != nil {
 			t.Errorf("publish %s: %v", l, err)
 			return nil
@@ -121,36 +79,6 @@ func (s *server) publish(t *testing.T, lines ...string) []uint64 {
 		ids[i] = id
 	}
 	return ids
-}
-
-func (s *server) metric(t *testing.T, series string) float64 {
-	t.Helper()
-	resp, err := http.Get(s.admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(body), "\n") {
-		if name, val, ok := strings.Cut(line, " "); ok && name == series {
-			var f float64
-			fmt.Sscan(val, &f)
-			return f
-		}
-	}
-	return 0
-}
-
-// waitMetric polls a series until it reaches want.
-func (s *server) waitMetric(t *testing.T, series string, want float64) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for s.metric(t, series) < want {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s stayed below %v (at %v)", series, want, s.metric(t, series))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func ev(typ client.EventType, sev client.Severity, extra string) string {
@@ -208,7 +136,7 @@ func ids(evs []client.Event) []uint64 {
 // matches.
 func TestSubscribeInOrder(t *testing.T) {
 	s := startServer(t, nil)
-	c := dial(t, s.ws, nil)
+	c := dial(t, s.WS, nil)
 	crit := subscribe(t, c, "crit", client.Filters{Severities: []client.Severity{client.P0, client.P1}})
 	esc := subscribe(t, c, "esc", client.Filters{EventTypes: []client.EventType{client.Escalated}, Labels: map[string]string{"env": "prod"}})
 
@@ -267,8 +195,8 @@ func TestSubscribeInOrder(t *testing.T) {
 	if _, ok := <-esc.Events(); ok {
 		t.Fatal("an unsubscribed subscription's channel must close")
 	}
-	s.waitMetric(t, "websocket_active_subscriptions", 1)
-	if got := s.metric(t, "websocket_active_subscriptions"); got != 1 {
+	s.WaitMetric(t, "websocket_active_subscriptions", 1)
+	if got := s.Metric(t, "websocket_active_subscriptions"); got != 1 {
 		t.Fatalf("active subscriptions %v after unsubscribe, want 1", got)
 	}
 }
@@ -279,7 +207,7 @@ func TestSubscribeInOrder(t *testing.T) {
 // session replays exactly the six the application never took.
 func TestAcksAfterProcessing(t *testing.T) {
 	s := startServer(t, nil)
-	c := dial(t, s.ws, nil)
+	c := dial(t, s.WS, nil)
 	sub := subscribe(t, c, "all", client.Filters{})
 	published := s.publish(t, slices.Repeat([]string{ev(client.IncidentUpdated, client.P2, "")}, 10)...)
 	for i := range 4 {
@@ -287,12 +215,12 @@ func TestAcksAfterProcessing(t *testing.T) {
 			t.Fatalf("event %d: id %d want %d", i, got, published[i])
 		}
 	}
-	s.waitMetric(t, "websocket_acks_received_total", 1)
+	s.WaitMetric(t, "websocket_acks_received_total", 1)
 	session := c.SessionID()
 	c.Close()
-	s.waitMetric(t, `websocket_connections_closed_total{reason="client_closed"}`, 1)
+	s.WaitMetric(t, `websocket_connections_closed_total{reason="client_closed"}`, 1)
 
-	ws, _, err := websocket.DefaultDialer.Dial(s.ws+"?session_id="+session, nil)
+	ws, _, err := websocket.DefaultDialer.Dial(s.WS+"?session_id="+session, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -327,7 +255,7 @@ func TestAcksAfterProcessing(t *testing.T) {
 // event exactly once, in message_id order within each priority.
 func TestCutMidPublish(t *testing.T) {
 	s := startServer(t, nil)
-	p := cutproxy.Start(t, s.addr)
+	p := cutproxy.Start(t, s.Addr)
 	var lost atomic.Int32
 	c := dial(t, "ws://"+p.Addr()+"/ws", &client.Options{MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
 		OnState: func(sc client.StateChange) {
@@ -402,11 +330,11 @@ done:
 	if len(got) != len(want) {
 		t.Fatalf("got %d events, want %d", len(got), len(want))
 	}
-	if cuts == 0 || lost.Load() == 0 || s.metric(t, `flarecast_session_resumes_total{result="resumed"}`) < 1 {
+	if cuts == 0 || lost.Load() == 0 || s.Metric(t, `flarecast_session_resumes_total{result="resumed"}`) < 1 {
 		t.Fatalf("cuts %d, reconnects %d, resumes %v: the test did not exercise a resume", cuts, lost.Load(),
-			s.metric(t, `flarecast_session_resumes_total{result="resumed"}`))
+			s.Metric(t, `flarecast_session_resumes_total{result="resumed"}`))
 	}
-	t.Logf("%d events, %d cuts, %v resumes", len(got), cuts, s.metric(t, `flarecast_session_resumes_total{result="resumed"}`))
+	t.Logf("%d events, %d cuts, %v resumes", len(got), cuts, s.Metric(t, `flarecast_session_resumes_total{result="resumed"}`))
 }
 
 // TestServerRestart restarts the server (a new engine on the same port):
@@ -418,7 +346,7 @@ done:
 // which the engine's listener cannot bind over.
 func TestServerRestart(t *testing.T) {
 	a := startServer(t, nil)
-	p := cutproxy.Start(t, a.addr)
+	p := cutproxy.Start(t, a.Addr)
 	var states []client.StateChange
 	var smu sync.Mutex
 	c := dial(t, "ws://"+p.Addr()+"/ws", &client.Options{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
@@ -431,11 +359,11 @@ func TestServerRestart(t *testing.T) {
 	}
 	p.HoldNew()
 	p.Cut()
-	a.stop(t)
-	b := restartOn(t, a.addr)
+	a.Stop(t)
+	b := restartOn(t, a.Addr)
 	early := b.publish(t, ev(client.IncidentUpdated, client.P2, ""), ev(client.CommentAdded, client.P2, ""), ev(client.IncidentUpdated, client.P3, ""))
 	p.Release()
-	b.waitMetric(t, "websocket_active_subscriptions", 1)
+	b.WaitMetric(t, "websocket_active_subscriptions", 1)
 	late := b.publish(t, slices.Repeat([]string{ev(client.IncidentUpdated, client.P1, "")}, 4)...)
 	want := append(slices.Clone(before), early[0], early[2])
 	want = append(want, late...)
@@ -497,7 +425,7 @@ func TestTokenRefresh(t *testing.T) {
 	var reconnects atomic.Int32
 	first := token(t, "bot", 2*time.Second)
 	exp := time.Now().Add(2 * time.Second).Truncate(time.Second)
-	c := dial(t, s.ws, &client.Options{
+	c := dial(t, s.WS, &client.Options{
 		GetToken: func(context.Context) (string, error) {
 			if calls.Add(1) == 1 {
 				return first, nil
@@ -516,9 +444,9 @@ func TestTokenRefresh(t *testing.T) {
 	if got := next(t, sub).MessageID; got != id {
 		t.Fatalf("got %d want %d", got, id)
 	}
-	if calls.Load() < 2 || reconnects.Load() != 0 || s.metric(t, `websocket_connections_closed_total{reason="token_expired"}`) != 0 {
+	if calls.Load() < 2 || reconnects.Load() != 0 || s.Metric(t, `websocket_connections_closed_total{reason="token_expired"}`) != 0 {
 		t.Fatalf("GetToken calls %d, reconnects %d, token_expired closes %v: want a refresh on the same connection",
-			calls.Load(), reconnects.Load(), s.metric(t, `websocket_connections_closed_total{reason="token_expired"}`))
+			calls.Load(), reconnects.Load(), s.Metric(t, `websocket_connections_closed_total{reason="token_expired"}`))
 	}
 }
 
@@ -526,7 +454,7 @@ func TestTokenRefresh(t *testing.T) {
 // with the server's closing reason as a typed error.
 func TestTokenExpiredClosing(t *testing.T) {
 	s := authServer(t)
-	c := dial(t, s.ws, &client.Options{Token: token(t, "bot", time.Second)})
+	c := dial(t, s.WS, &client.Options{Token: token(t, "bot", time.Second)})
 	sub := subscribe(t, c, "all", client.Filters{})
 	select {
 	case <-c.Done():
@@ -549,7 +477,7 @@ func TestTokenExpiredClosing(t *testing.T) {
 // TestLimitExceeded: a refused subscribe is a *ServerError with the code.
 func TestLimitExceeded(t *testing.T) {
 	s := startServer(t, func(cfg *engine.Config) { cfg.MaxSubscriptions = 1 })
-	c := dial(t, s.ws, nil)
+	c := dial(t, s.WS, nil)
 	subscribe(t, c, "one", client.Filters{})
 	_, err := c.Subscribe(context.Background(), "two", client.Filters{})
 	var se *client.ServerError
@@ -565,7 +493,7 @@ func TestLimitExceeded(t *testing.T) {
 // TestHandshakeRefused: a refused upgrade is a *HandshakeError from Dial.
 func TestHandshakeRefused(t *testing.T) {
 	s := authServer(t)
-	_, err := client.Dial(context.Background(), s.ws, nil)
+	_, err := client.Dial(context.Background(), s.WS, nil)
 	var he *client.HandshakeError
 	if !errors.As(err, &he) || he.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("err = %v, want HTTP 401", err)
@@ -577,7 +505,7 @@ func TestGap(t *testing.T) {
 	s := startServer(t, func(cfg *engine.Config) { cfg.HistorySize = 2 })
 	ids := s.publish(t, slices.Repeat([]string{ev(client.IncidentUpdated, client.P2, "")}, 5)...)
 	gaps := make(chan client.Gap, 1)
-	c := dial(t, s.ws, &client.Options{OnGap: func(g client.Gap) { gaps <- g }})
+	c := dial(t, s.WS, &client.Options{OnGap: func(g client.Gap) { gaps <- g }})
 	sub := subscribe(t, c, "all", client.Filters{}, client.Since(0))
 	if got := []uint64{next(t, sub).MessageID, next(t, sub).MessageID}; !slices.Equal(got, ids[3:]) {
 		t.Fatalf("got %v want %v", got, ids[3:])

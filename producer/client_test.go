@@ -280,7 +280,7 @@ func TestReconnectAcrossRestart(t *testing.T) {
 		}
 	}
 	waitFor("events accepted by the first server", func() bool { return okCount.Load() >= 100 })
-	s1.stop(t)
+	s1.Stop(t)
 	got1 := ws1.eventsUntilClosing()
 
 	// While no server listens, a publish whose context ends first reports
@@ -305,7 +305,7 @@ func TestReconnectAcrossRestart(t *testing.T) {
 	waitFor("events accepted by the restarted server", func() bool { return okCount.Load() >= before+100 })
 	close(stop)
 	wg.Wait()
-	s2.stop(t)
+	s2.Stop(t)
 	got2 := ws2.eventsUntilClosing()
 
 	seen := map[string]outcome{} // tag → id, from either server
@@ -483,16 +483,16 @@ func TestBrokenServerIsNotHammered(t *testing.T) {
 // the same classes as the socket's replies.
 func TestEngineErrorsClassify(t *testing.T) {
 	s := startServer(t, "")
-	h := producer.NewHandlers(s.eng)
+	h := producer.NewHandlers(s.Eng)
 	ctx := testCtx(t, 10*time.Second)
-	if _, err := s.eng.PublishJSON(ctx, []byte(`{"event_type":"nope"}`)); !errors.As(err, new(*event.Error)) {
+	if _, err := s.Eng.PublishJSON(ctx, []byte(`{"event_type":"nope"}`)); !errors.As(err, new(*event.Error)) {
 		t.Fatalf("engine.PublishJSON of an invalid event: %v", err)
 	}
 	inc := producer.Incident{ID: "INC-9", Severity: producer.P2, State: producer.StateTriaged}
 	if _, err := h.Incidents.OnIncidentCreated(ctx, inc); err != nil {
 		t.Fatal(err)
 	}
-	s.stop(t)
+	s.Stop(t)
 	_, err := h.Incidents.OnIncidentUpdated(ctx, inc)
 	if !errors.Is(err, producer.ErrUnavailable) {
 		t.Fatalf("publishing to a stopped engine: %v, want ErrUnavailable", err)

@@ -314,7 +314,7 @@ func TestHandlersLive(t *testing.T) {
 	c := dial(t, ctx, producer.Dialer{}, s.socket)
 	m := fullModel(" \xff\"")
 	want := map[uint64]event.Type{}
-	for _, p := range []producer.Publisher{c, s.eng} {
+	for _, p := range []producer.Publisher{c, s.Eng} {
 		h := producer.NewHandlers(p)
 		for _, call := range handlerCalls {
 			id, err := call.call(ctx, h, &m)

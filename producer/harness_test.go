@@ -1,7 +1,6 @@
 package producer_test
 
 import (
-	"context"
 	"encoding/json"
 	"path/filepath"
 	"testing"
@@ -9,17 +8,15 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/flarecast/flarecast/engine"
+	"github.com/flarecast/flarecast/internal/enginetest"
 )
 
-// server is a real flarecast engine on loopback with its ingest socket at
-// a path the test chooses, so a test can restart it on the same path.
+// server is a real flarecast engine on loopback (internal/enginetest) with
+// its ingest socket at a path the test chooses, so a test can restart it on
+// the same path.
 type server struct {
-	eng    *engine.Engine
+	*enginetest.Server
 	socket string
-	wsURL  string
-	cancel context.CancelFunc
-	done   chan error
 }
 
 func startServer(t testing.TB, socket string) *server {
@@ -27,46 +24,11 @@ func startServer(t testing.TB, socket string) *server {
 	if socket == "" {
 		socket = filepath.Join(t.TempDir(), "ingest.sock")
 	}
-	cfg := engine.DefaultConfig()
-	cfg.Listen = "127.0.0.1:0"
+	cfg := enginetest.Config()
 	cfg.AdminListen = ""
 	cfg.IngestSocket = socket
 	cfg.EventLoops = 2
-	eng, err := engine.New(cfg)
-	if err != nil {
-		t.Fatalf("engine.New: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &server{eng: eng, socket: socket, cancel: cancel, done: make(chan error, 1)}
-	go func() { s.done <- eng.Run(ctx) }()
-	select {
-	case <-eng.Ready():
-	case err := <-s.done:
-		t.Fatalf("engine.Run: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("engine did not start")
-	}
-	s.wsURL = "ws://" + eng.Addr().String() + cfg.Path
-	t.Cleanup(func() { s.stop(t) })
-	return s
-}
-
-// stop shuts the server down gracefully; calling it twice is fine.
-func (s *server) stop(t testing.TB) {
-	t.Helper()
-	if s.cancel == nil {
-		return
-	}
-	s.cancel()
-	s.cancel = nil
-	select {
-	case err := <-s.done:
-		if err != nil {
-			t.Errorf("engine.Run returned %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Error("engine did not stop within 15s")
-	}
+	return &server{enginetest.MustStart(t, cfg), socket}
 }
 
 // wsClient is a real WebSocket client subscribed to every event.
@@ -77,9 +39,9 @@ type wsClient struct {
 
 func (s *server) subscribeAll(t testing.TB) *wsClient {
 	t.Helper()
-	ws, _, err := websocket.DefaultDialer.Dial(s.wsURL, nil)
+	ws, _, err := websocket.DefaultDialer.Dial(s.WS, nil)
 	if err != nil {
-		t.Fatalf("dial %s: %v", s.wsURL, err)
+		t.Fatalf("dial %s: %v", s.WS, err)
 	}
 	t.Cleanup(func() { ws.Close() })
 	c := &wsClient{t: t, ws: ws}

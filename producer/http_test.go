@@ -12,9 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
-	"github.com/flarecast/flarecast/engine"
+	"github.com/flarecast/flarecast/internal/enginetest"
 	"github.com/flarecast/flarecast/producer"
 )
 
@@ -28,27 +27,12 @@ func startHTTPServer(t testing.TB, maxBody int) (*server, string) {
 	if err := os.WriteFile(tokens, []byte(httpToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := engine.DefaultConfig()
-	cfg.Listen, cfg.AdminListen, cfg.IngestSocket = "127.0.0.1:0", "", ""
+	cfg := enginetest.Config()
+	cfg.AdminListen = ""
 	cfg.IngestListen, cfg.IngestTokenFile, cfg.IngestMaxBody = "127.0.0.1:0", tokens, maxBody
 	cfg.EventLoops = 2
-	eng, err := engine.New(cfg)
-	if err != nil {
-		t.Fatalf("engine.New: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &server{eng: eng, cancel: cancel, done: make(chan error, 1)}
-	go func() { s.done <- eng.Run(ctx) }()
-	select {
-	case <-eng.Ready():
-	case err := <-s.done:
-		t.Fatalf("engine.Run: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("engine did not start")
-	}
-	s.wsURL = "ws://" + eng.Addr().String() + cfg.Path
-	t.Cleanup(func() { s.stop(t) })
-	return s, "http://" + eng.IngestHTTPAddr().String()
+	s := &server{Server: enginetest.MustStart(t, cfg)}
+	return s, "http://" + s.Eng.IngestHTTPAddr().String()
 }
 
 // countingTransport counts the requests that reach the real transport.

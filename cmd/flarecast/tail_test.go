@@ -6,9 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
@@ -21,6 +19,7 @@ import (
 	"github.com/flarecast/flarecast/engine"
 	"github.com/flarecast/flarecast/event"
 	"github.com/flarecast/flarecast/internal/cutproxy"
+	"github.com/flarecast/flarecast/internal/enginetest"
 )
 
 // The tests run `flarecast tail` as a real process: the test binary
@@ -145,39 +144,17 @@ func runTail(t *testing.T, args ...string) (int, []string, string) {
 }
 
 // tailServer is a real flarecast engine on loopback ports.
-type tailServer struct {
-	eng   *engine.Engine
-	ws    string
-	admin string
-}
+// tailServer is a real engine in this process (internal/enginetest).
+type tailServer struct{ *enginetest.Server }
 
 func startTailServer(t *testing.T, mutate ...func(*engine.Config)) *tailServer {
 	t.Helper()
-	cfg := engine.DefaultConfig()
-	cfg.Listen, cfg.AdminListen, cfg.IngestSocket = "127.0.0.1:0", "127.0.0.1:0", ""
+	cfg := enginetest.Config()
 	cfg.EventLoops = 1
 	for _, m := range mutate {
 		m(&cfg)
 	}
-	eng, err := engine.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- eng.Run(ctx) }()
-	select {
-	case <-eng.Ready():
-	case err := <-done:
-		t.Fatalf("engine.Run: %v", err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("engine.Run: %v", err)
-		}
-	})
-	return &tailServer{eng: eng, ws: "ws://" + eng.Addr().String() + "/ws", admin: "http://" + eng.AdminAddr().String()}
+	return &tailServer{enginetest.MustStart(t, cfg)}
 }
 
 func (s *tailServer) publish(t *testing.T, lines ...string) []uint64 {
@@ -188,42 +165,11 @@ func (s *tailServer) publish(t *testing.T, lines ...string) []uint64 {
 		if err != nil {
 			t.Fatalf("event %s: %v", l, err)
 		}
-		if ids[i], err = s.eng.Publish(context.Background(), ev); err != nil {
+		if ids[i], err = s.Eng.Publish(context.Background(), ev); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return ids
-}
-
-// metric reads one series from /metrics.
-func (s *tailServer) metric(t *testing.T, series string) float64 {
-	t.Helper()
-	resp, err := http.Get(s.admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(body), "\n") {
-		if name, val, ok := strings.Cut(line, " "); ok && name == series {
-			var f float64
-			fmt.Sscan(val, &f)
-			return f
-		}
-	}
-	return -1
-}
-
-// waitMetric polls a series until it reaches want.
-func (s *tailServer) waitMetric(t *testing.T, series string, want float64) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for s.metric(t, series) < want {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s stayed below %v", series, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func ev(typ, sev, fields string) string {
@@ -249,9 +195,9 @@ func TestTailLines(t *testing.T) {
 		ev("incident_created", "P1", `,"incident_id":"INC-7","state":"Detected","source":"llm-sentinel","affected_resources":["api","db"],"labels":{"env":"prod","team":"core"},"title":"Error rate above 5%"`),
 		ev("comment_added", "P3", `,"title":"evil \u001b[2J\u001b[31m title\u0007"`),
 	)
-	p := startTail(t, "--url", s.ws, "--since", "0", "--count", "3")
+	p := startTail(t, "--url", s.WS, "--since", "0", "--count", "3")
 	first, second := p.next(t), p.next(t)
-	s.waitMetric(t, "websocket_active_subscriptions", 1)
+	s.WaitMetric(t, "websocket_active_subscriptions", 1)
 	live := s.publish(t, ev("system_event", "P4", ""))
 	third := p.next(t)
 	if code := p.exit(t); code != 0 {
@@ -274,7 +220,7 @@ func TestTailLines(t *testing.T) {
 	if !strings.Contains(second, "evil \uFFFD[2J\uFFFD[31m title\uFFFD") {
 		t.Fatalf("control characters not neutralised: %q", second)
 	}
-	if !strings.Contains(p.stderr.String(), "connected to "+s.ws) {
+	if !strings.Contains(p.stderr.String(), "connected to "+s.WS) {
 		t.Fatalf("stderr lacks the connection note:\n%s", p.stderr)
 	}
 }
@@ -282,7 +228,7 @@ func TestTailLines(t *testing.T) {
 func TestTailColour(t *testing.T) {
 	s := startTailServer(t)
 	s.publish(t, ev("escalated", "P0", `,"incident_id":"INC-9","title":"db down"`))
-	code, out, stderr := runTail(t, "--url", s.ws, "--since", "0", "--count", "1", "--color", "always")
+	code, out, stderr := runTail(t, "--url", s.WS, "--since", "0", "--count", "1", "--color", "always")
 	if code != 0 || len(out) != 1 {
 		t.Fatalf("exit %d, out %q, stderr %s", code, out, stderr)
 	}
@@ -296,7 +242,7 @@ func TestTailColour(t *testing.T) {
 func TestTailJSON(t *testing.T) {
 	s := startTailServer(t)
 	ids := s.publish(t, ev("alert_received", "P2", `,"source":"prometheus","custom":{"k":[1,2]}`), ev("incident_resolved", "P2", ""))
-	code, out, stderr := runTail(t, "--url", s.ws, "--since", "0", "--count", "2", "--json")
+	code, out, stderr := runTail(t, "--url", s.WS, "--since", "0", "--count", "2", "--json")
 	if code != 0 || len(out) != 2 {
 		t.Fatalf("exit %d, out %q, stderr %s", code, out, stderr)
 	}
@@ -332,7 +278,7 @@ func TestTailFilters(t *testing.T) {
 		ev("comment_added", "P1", `,"source":"sentinel","labels":{"env":"prod"}`), // type
 		match("P1", "sentinel", "prod"),                                           // yes
 	)
-	code, out, stderr := runTail(t, "--url", s.ws, "--since", "0", "--count", "2", "--json",
+	code, out, stderr := runTail(t, "--url", s.WS, "--since", "0", "--count", "2", "--json",
 		"--severity", "P0,P1", "--type", "incident_created", "--source", "sentinel", "--label", "env=prod")
 	if code != 0 || len(out) != 2 {
 		t.Fatalf("exit %d, out %q, stderr %s", code, out, stderr)
@@ -351,7 +297,7 @@ func TestTailFilters(t *testing.T) {
 	}
 
 	// The same filters from the environment (FLARECAST_<FLAG>).
-	cmd := exec.Command(os.Args[0], "-test.run=^TestTailMainProcess$", "--", "tail", "--url", s.ws, "--since", "0", "--count", "1", "--json")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestTailMainProcess$", "--", "tail", "--url", s.WS, "--since", "0", "--count", "1", "--json")
 	cmd.Env = append(os.Environ(), mainProcessEnv+"=1", "FLARECAST_SEVERITY=P2")
 	envOut, err := cmd.Output()
 	if err != nil {
@@ -405,7 +351,7 @@ func TestTailRefused(t *testing.T) {
 	s := startTailServer(t)
 	for _, c := range []struct{ url, want string }{
 		{closed, "connection refused"},
-		{strings.TrimSuffix(s.ws, "/ws") + "/elsewhere", "404 Not Found"},
+		{strings.TrimSuffix(s.WS, "/ws") + "/elsewhere", "404 Not Found"},
 	} {
 		code, out, stderr := runTail(t, "--url", c.url)
 		lines := strings.Split(strings.TrimSuffix(stderr, "\n"), "\n")
@@ -420,21 +366,21 @@ func TestTailRefused(t *testing.T) {
 // exactly once, in order.
 func TestTailResume(t *testing.T) {
 	s := startTailServer(t)
-	p := cutproxy.Start(t, strings.TrimSuffix(strings.TrimPrefix(s.ws, "ws://"), "/ws"))
+	p := cutproxy.Start(t, strings.TrimSuffix(strings.TrimPrefix(s.WS, "ws://"), "/ws"))
 	proxied := "ws://" + p.Addr() + "/ws"
 	tp := startTail(t, "--url", proxied, "--count", "6", "--severity", "P1,P2")
-	s.waitMetric(t, "websocket_active_subscriptions", 1)
+	s.WaitMetric(t, "websocket_active_subscriptions", 1)
 
 	before := s.publish(t, ev("incident_updated", "P1", ""), ev("incident_updated", "P3", ""), ev("incident_updated", "P2", ""))
 	var got []uint64
 	for range 2 {
 		got = append(got, idOf(t, tp.next(t)))
 	}
-	s.waitMetric(t, "websocket_acks_received_total", 1)
+	s.WaitMetric(t, "websocket_acks_received_total", 1)
 
 	p.HoldNew()
 	p.Cut()
-	s.waitMetric(t, `websocket_connections_closed_total{reason="connection_lost"}`, 1)
+	s.WaitMetric(t, `websocket_connections_closed_total{reason="connection_lost"}`, 1)
 	during := s.publish(t,
 		ev("incident_updated", "P2", ""), ev("incident_updated", "P4", ""), ev("incident_updated", "P1", ""),
 		ev("incident_updated", "P1", ""), ev("incident_updated", "P2", ""))
@@ -449,7 +395,7 @@ func TestTailResume(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("printed %v, want %v (each once, in order)", got, want)
 	}
-	if r := s.metric(t, `flarecast_session_resumes_total{result="resumed"}`); r != 1 {
+	if r := s.Metric(t, `flarecast_session_resumes_total{result="resumed"}`); r != 1 {
 		t.Fatalf("resumes = %v, want 1; stderr:\n%s", r, tp.stderr)
 	}
 	if !strings.Contains(tp.stderr.String(), "reconnecting") || !strings.Contains(tp.stderr.String(), "resumed session") {
@@ -467,19 +413,19 @@ func TestTailNewSessionAfterExpiry(t *testing.T) {
 		c.CleanupInterval = 100 * time.Millisecond
 		c.HeartbeatInterval = 200 * time.Millisecond // …while live clients answer pings in time
 	})
-	p := cutproxy.Start(t, strings.TrimSuffix(strings.TrimPrefix(s.ws, "ws://"), "/ws"))
+	p := cutproxy.Start(t, strings.TrimSuffix(strings.TrimPrefix(s.WS, "ws://"), "/ws"))
 	tp := startTail(t, "--url", "ws://"+p.Addr()+"/ws", "--count", "5", "--type", "incident_updated")
-	s.waitMetric(t, "websocket_active_subscriptions", 1)
+	s.WaitMetric(t, "websocket_active_subscriptions", 1)
 	before := s.publish(t, ev("incident_updated", "P1", ""), ev("incident_updated", "P2", ""))
 	got := []uint64{idOf(t, tp.next(t)), idOf(t, tp.next(t))}
 
 	p.HoldNew()
 	p.Cut()
-	s.waitMetric(t, `websocket_connections_closed_total{reason="connection_lost"}`, 1)
+	s.WaitMetric(t, `websocket_connections_closed_total{reason="connection_lost"}`, 1)
 	during := s.publish(t, ev("incident_updated", "P3", ""), ev("comment_added", "P1", ""), ev("incident_updated", "P0", ""))
 	// The session's subscription goes with it when the sweep drops it.
 	deadline := time.Now().Add(15 * time.Second)
-	for s.metric(t, "websocket_active_subscriptions") != 0 {
+	for s.Metric(t, "websocket_active_subscriptions") != 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("the detached session was not dropped")
 		}
@@ -497,7 +443,7 @@ func TestTailNewSessionAfterExpiry(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("printed %v, want %v; stderr:\n%s", got, want, tp.stderr)
 	}
-	if r := s.metric(t, `flarecast_session_resumes_total{result="fresh"}`); r != 2 {
+	if r := s.Metric(t, `flarecast_session_resumes_total{result="fresh"}`); r != 2 {
 		t.Fatalf("fresh sessions = %v, want 2 (the first and the one after expiry)", r)
 	}
 	if !strings.Contains(tp.stderr.String(), "new session") {
@@ -508,6 +454,6 @@ func TestTailNewSessionAfterExpiry(t *testing.T) {
 // publishAfterSubscribe waits until a subscription exists again, then publishes.
 func (s *tailServer) publishAfterSubscribe(t *testing.T, lines ...string) []uint64 {
 	t.Helper()
-	s.waitMetric(t, "websocket_active_subscriptions", 1)
+	s.WaitMetric(t, "websocket_active_subscriptions", 1)
 	return s.publish(t, lines...)
 }
