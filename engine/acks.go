@@ -27,6 +27,15 @@ type ackLedger struct {
 	// they are ignored. maxWritten: the highest id written on this
 	// connection; an ack above it refers to nothing this connection sent.
 	floor, maxWritten uint64
+	// out: the records of frames written out of order; nil while every
+	// frame went in order, so that the ledger of an idle or healthy
+	// connection is three integers and a nil pointer (conn's size class
+	// is what an idle connection costs).
+	out *outOfOrder
+}
+
+// outOfOrder is what an ackLedger records of frames written out of order.
+type outOfOrder struct {
 	// overtakes, oldest first, at most maxOvertakes.
 	overtakes []overtake
 	// coarse summarises overtakes the ledger forgot and backfills: an ack
@@ -55,20 +64,29 @@ func (a *ackLedger) wrote(id, low uint64) {
 	if low == 0 || low > id {
 		return // in order: an ack of id covers everything before it
 	}
-	if len(a.overtakes) == maxOvertakes {
-		a.coarsen(a.overtakes[0].id, a.overtakes[0].point)
-		a.overtakes = append(a.overtakes[:0], a.overtakes[1:]...)
+	o := a.records()
+	if len(o.overtakes) == maxOvertakes {
+		o.coarsen(o.overtakes[0].id, o.overtakes[0].point)
+		o.overtakes = append(o.overtakes[:0], o.overtakes[1:]...)
 	}
-	a.overtakes = append(a.overtakes, overtake{id, low - 1})
+	o.overtakes = append(o.overtakes, overtake{id, low - 1})
 }
 
-func (a *ackLedger) coarsen(until, point uint64) {
-	if a.coarseUntil == 0 {
-		a.coarsePoint = point
-	} else {
-		a.coarsePoint = min(a.coarsePoint, point)
+// records returns the ledger's out-of-order records, making them.
+func (a *ackLedger) records() *outOfOrder {
+	if a.out == nil {
+		a.out = &outOfOrder{}
 	}
-	a.coarseUntil = max(a.coarseUntil, until)
+	return a.out
+}
+
+func (o *outOfOrder) coarsen(until, point uint64) {
+	if o.coarseUntil == 0 {
+		o.coarsePoint = point
+	} else {
+		o.coarsePoint = min(o.coarsePoint, point)
+	}
+	o.coarseUntil = max(o.coarseUntil, until)
 }
 
 // ack applies the client's ack of id.
@@ -76,13 +94,18 @@ func (a *ackLedger) ack(id uint64) {
 	if id <= a.floor || id > a.maxWritten {
 		return // stale, or ahead of anything this connection sent
 	}
-	p := id
-	if id <= a.coarseUntil {
-		p = min(p, a.coarsePoint)
+	o := a.out
+	if o == nil {
+		a.point = max(a.point, id) // everything was written in order
+		return
 	}
-	for _, o := range a.overtakes {
-		if o.id == id {
-			p = min(p, o.point)
+	p := id
+	if id <= o.coarseUntil {
+		p = min(p, o.coarsePoint)
+	}
+	for _, t := range o.overtakes {
+		if t.id == id {
+			p = min(p, t.point)
 		}
 	}
 	if p <= a.point {
@@ -92,19 +115,19 @@ func (a *ackLedger) ack(id uint64) {
 	// A record at or below the point can no longer raise it, whatever the
 	// client acks later: forget it. (Pruning by "the client will not ack a
 	// lower id again" would trust the client; this trusts nothing.)
-	keep := a.overtakes[:0]
-	for _, o := range a.overtakes {
-		if o.id > p {
-			keep = append(keep, o)
+	keep := o.overtakes[:0]
+	for _, t := range o.overtakes {
+		if t.id > p {
+			keep = append(keep, t)
 		}
 	}
-	clear(a.overtakes[len(keep):])
-	a.overtakes = keep
-	if len(keep) == 0 {
-		a.overtakes = nil // a session that caught up holds no slice
+	clear(o.overtakes[len(keep):])
+	o.overtakes = keep
+	if o.coarseUntil <= p {
+		o.coarseUntil, o.coarsePoint = 0, 0
 	}
-	if a.coarseUntil <= p {
-		a.coarseUntil, a.coarsePoint = 0, 0
+	if len(keep) == 0 && o.coarseUntil == 0 {
+		a.out = nil // a session that caught up holds no records
 	}
 }
 
@@ -113,8 +136,9 @@ func (a *ackLedger) ack(id uint64) {
 // queued so far — proves nothing about them.
 func (a *ackLedger) backfill(after, until uint64) {
 	a.point = min(a.point, after)
-	for i := range a.overtakes {
-		a.overtakes[i].point = min(a.overtakes[i].point, after)
+	o := a.records()
+	for i := range o.overtakes {
+		o.overtakes[i].point = min(o.overtakes[i].point, after)
 	}
-	a.coarsen(until, after)
+	o.coarsen(until, after)
 }

@@ -26,41 +26,49 @@ type conn struct {
 	gc   gnet.Conn
 	loop *loop
 
+	// The flags come first and together: an idle connection costs its
+	// struct's size class (208 bytes), and padding between scattered
+	// bools would cost a class more.
+
 	// Owned by the loop goroutine.
 	state       connState
-	closed      bool         // OnClose ran: gc and its buffers must not be touched
-	upgraded    bool         // the WebSocket handshake succeeded: a session is attached
-	welcomed    bool         // the welcome was written: client frames may be processed
-	echo        bool         // on the echo path (--echo-path): data messages are sent back
-	draining    bool         // shutting down: close once the goodbye reached the kernel
-	deflate     bool         // permessage-deflate negotiated
-	readPaused  bool         // input waits (see readInbound); the loop looks again on its retry tick
-	waiting     bool         // in loop.waiting
+	closed      bool  // OnClose ran: gc and its buffers must not be touched
+	upgraded    bool  // the WebSocket handshake succeeded: a session is attached
+	welcomed    bool  // the welcome was written: client frames may be processed
+	echo        bool  // on the echo path (--echo-path): data messages are sent back
+	draining    bool  // shutting down: close once the goodbye reached the kernel
+	deflate     bool  // permessage-deflate negotiated
+	readPaused  bool  // input waits (see readInbound); the loop looks again on its retry tick
+	waiting     bool  // in loop.waiting
+	limited     bool  // holds a slot in eng.limits (limits.go)
+	rateStrikes uint8 // messages over the rate limit since the bucket was last half full
+
+	// Guarded by loop.mu.
+	backlog   bool // the last flush left frames queued: the socket is not draining
+	dirty     bool // in loop.dirty
+	slow      bool // over the pending bounds: to be closed
+	gone      bool // closed or taken over: nothing more is queued
+	replaying bool // the session's replay pump waits for this queue to drain
+
+	// Shared: subscribe and unsubscribe commands the dispatcher has not
+	// applied yet (maxCommandsInFlight).
+	inflight atomic.Int32
+
+	// Owned by the loop goroutine.
 	openedAt    int64        // engine clock (monotonic ns) at accept
 	lastSeen    int64        // engine clock at the last frame from the client
 	lingerUntil int64        // closing after a takeover: close at this engine clock at the latest; 0 if not
 	frag        *fragment    // a fragmented data message being reassembled; nil when none
-	limited     bool         // holds a slot in eng.limits (limits.go)
-	rateStrikes uint8        // messages over the rate limit since the bucket was last half full
 	prev, next  *conn        // loop.conns
 	rateTAT     int64        // rate limit bucket (GCRA): ns after openedAt
 	inputTAT    int64        // input rate bucket (GCRA, allowInput): ns after openedAt
 	auth        *auth.Claims // the token's claims; nil without --auth jwt
 	peer        *peerCount   // this connection's client address count; nil when not counted
 
-	// Shared: subscribe and unsubscribe commands the dispatcher has not
-	// applied yet (maxCommandsInFlight).
-	inflight atomic.Int32
-
 	// Guarded by loop.mu: the queue the dispatcher fills and flush drains.
 	queue       []*outFrame // in the order queued: message_id order, but for backfills
 	queuedBytes int         // the bytes this connection writes for the frames in queue
 	outbound    int         // gnet's outbound buffer after the last flush (the dispatcher cannot ask gnet)
-	backlog     bool        // the last flush left frames queued: the socket is not draining
-	dirty       bool        // in loop.dirty
-	slow        bool        // over the pending bounds: to be closed
-	gone        bool        // closed or taken over: nothing more is queued
-	replaying   bool        // the session's replay pump waits for this queue to drain
 	acks        ackLedger   // the resume point this connection's acks prove
 
 	// Owned by the dispatcher goroutine.
