@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -376,13 +377,16 @@ func upstreamServers(t *testing.T, conf string) []string {
 type composeFile struct {
 	Name       string                    `yaml:"name"`
 	XFlarecast map[string]any            `yaml:"x-flarecast"`
+	XRedis     map[string]any            `yaml:"x-redis"`
+	XSentinel  map[string]any            `yaml:"x-sentinel"`
 	Services   map[string]composeService `yaml:"services"`
 	Volumes    map[string]any            `yaml:"volumes"`
 }
 
 type composeService struct {
-	Image string `yaml:"image"`
-	Build *struct {
+	Image    string `yaml:"image"`
+	Hostname string `yaml:"hostname"`
+	Build    *struct {
 		Context    string `yaml:"context"`
 		Dockerfile string `yaml:"dockerfile"`
 		Target     string `yaml:"target"`
@@ -509,8 +513,11 @@ func TestComposeFile(t *testing.T) {
 	if !strings.HasPrefix(redis.Image, "redis:") {
 		t.Errorf("service redis runs %q, want a redis image", redis.Image)
 	}
-	if !slices.Contains(redis.Command, "--appendonly") {
-		t.Error("redis must persist (--appendonly yes): an empty Redis restarts message_ids at 1")
+	// Every data node persists: each may become the primary.
+	for name, s := range c.Services {
+		if len(s.Command) > 0 && s.Command[0] == "redis-server" && !slices.Contains(s.Command, "--appendonly") {
+			t.Errorf("%s must persist (--appendonly yes): an empty Redis restarts message_ids at 1", name)
+		}
 	}
 	for name, s := range c.Services {
 		for _, dep := range s.dependsOn(t) {
@@ -555,11 +562,15 @@ func TestComposeFile(t *testing.T) {
 		if err != nil || u.Scheme != "redis" {
 			t.Fatalf("service %s: --broker %q is not a redis:// URL", name, cfg["broker"])
 		}
-		if _, ok := c.Services[u.Hostname()]; !ok || u.Port() != "6379" {
-			t.Errorf("service %s: --broker %s does not name the redis service on 6379", name, cfg["broker"])
-		}
-		if !slices.Contains(s.dependsOn(t), u.Hostname()) {
-			t.Errorf("service %s does not depend on %s", name, u.Hostname())
+		if master := u.Query().Get("master_name"); master != "" {
+			c.checkSentinels(t, name, s, master, sentinelAddrs(u))
+		} else {
+			if _, ok := c.Services[u.Hostname()]; !ok || u.Port() != "6379" {
+				t.Errorf("service %s: --broker %s does not name the redis service on 6379", name, cfg["broker"])
+			}
+			if !slices.Contains(s.dependsOn(t), u.Hostname()) {
+				t.Errorf("service %s does not depend on %s", name, u.Hostname())
+			}
 		}
 		wsPort = port(t, cfg["listen"])
 		admin := port(t, cfg["admin-listen"])
@@ -634,6 +645,57 @@ func TestComposeFile(t *testing.T) {
 	}
 	if !shared {
 		t.Errorf("producer's FLARECAST_INGEST_SOCKET=%s is not an instance's socket on a shared volume", sock)
+	}
+}
+
+// sentinelAddrs are the Sentinels of a go-redis failover URL: its host and
+// each addr parameter.
+func sentinelAddrs(u *url.URL) []string {
+	return append([]string{u.Host}, u.Query()["addr"]...)
+}
+
+// sentinelMonitor finds `sentinel monitor NAME HOST PORT QUORUM` in a
+// Sentinel's start script.
+var sentinelMonitor = regexp.MustCompile(`sentinel monitor (\S+) (\S+) (\d+) (\d+)`)
+
+// checkSentinels checks the reference topology behind a failover URL: at
+// least three Sentinels, each a service running redis-sentinel on the
+// URL's port that monitors master_name with quorum 2 of them, on a primary
+// that persists and has two replicas.
+func (c composeFile) checkSentinels(t *testing.T, name string, s composeService, master string, addrs []string) {
+	t.Helper()
+	if len(addrs) < 3 {
+		t.Errorf("service %s: --broker names %d Sentinels, want 3 (a quorum of 2 must survive one)", name, len(addrs))
+	}
+	for _, addr := range addrs {
+		host, port, _ := strings.Cut(addr, ":")
+		sen, ok := c.Services[host]
+		script := strings.Join(append(slices.Clone(sen.Entrypoint), sen.Command...), " ")
+		if !ok || port != "26379" || !strings.Contains(script, "redis-sentinel") {
+			t.Errorf("service %s: Sentinel %s is not a redis-sentinel service on 26379", name, addr)
+			continue
+		}
+		if !slices.Contains(s.dependsOn(t), host) {
+			t.Errorf("service %s does not depend on %s", name, host)
+		}
+		m := sentinelMonitor.FindStringSubmatch(script)
+		if m == nil || m[1] != master || m[4] != "2" {
+			t.Errorf("Sentinel %s does not monitor %q with quorum 2: %v", host, master, m)
+			continue
+		}
+		primary, ok := c.Services[m[2]]
+		if !ok || m[3] != "6379" || !slices.Contains(primary.Command, "--appendonly") {
+			t.Errorf("Sentinel %s monitors %s:%s, not a persistent redis service", host, m[2], m[3])
+		}
+		replicas := 0
+		for _, r := range c.Services {
+			if i := slices.Index(r.Command, "--replicaof"); i >= 0 && i+2 < len(r.Command) && r.Command[i+1] == m[2] && r.Command[i+2] == m[3] {
+				replicas++
+			}
+		}
+		if replicas < 2 {
+			t.Errorf("the primary %s has %d replicas, want 2", m[2], replicas)
+		}
 	}
 }
 
@@ -769,11 +831,13 @@ type statefulSet struct {
 type service struct {
 	typeMeta `yaml:",inline"`
 	Spec     struct {
-		Type                  string            `yaml:"type"`
-		Selector              map[string]string `yaml:"selector"`
-		SessionAffinity       string            `yaml:"sessionAffinity"`
-		SessionAffinityConfig map[string]any    `yaml:"sessionAffinityConfig"`
-		Ports                 []servicePort     `yaml:"ports"`
+		Type                     string            `yaml:"type"`
+		ClusterIP                string            `yaml:"clusterIP"`
+		PublishNotReadyAddresses bool              `yaml:"publishNotReadyAddresses"`
+		Selector                 map[string]string `yaml:"selector"`
+		SessionAffinity          string            `yaml:"sessionAffinity"`
+		SessionAffinityConfig    map[string]any    `yaml:"sessionAffinityConfig"`
+		Ports                    []servicePort     `yaml:"ports"`
 	} `yaml:"spec"`
 }
 
@@ -899,6 +963,66 @@ func loadManifests(t *testing.T) manifests {
 	return m
 }
 
+// checkSentinels checks the reference topology behind a failover URL:
+// each address is <pod>.<headless Service> of a StatefulSet of at least
+// three Sentinels on the URL's port, monitoring master_name with quorum 2,
+// on a persistent StatefulSet of three Redis nodes.
+func (m manifests) checkSentinels(t *testing.T, master string, addrs []string) {
+	t.Helper()
+	if len(addrs) < 3 {
+		t.Errorf("FLARECAST_BROKER names %d Sentinels, want 3 (a quorum of 2 must survive one)", len(addrs))
+	}
+	for _, addr := range addrs {
+		host, port, _ := strings.Cut(addr, ":")
+		pod, svcName, _ := strings.Cut(host, ".")
+		svc, ok := m.services[svcName]
+		if !ok || svc.Spec.ClusterIP != "None" {
+			t.Errorf("Sentinel %s: %q is not a headless Service of deploy/k8s (one name per pod)", addr, svcName)
+			continue
+		}
+		if !slices.ContainsFunc(svc.Spec.Ports, func(p servicePort) bool { return strconv.Itoa(p.Port) == port }) {
+			t.Errorf("Service %s has no port %s for Sentinel %s", svcName, port, addr)
+		}
+		var ss *statefulSet
+		for _, s := range m.statefulSets {
+			if s.Spec.ServiceName == svcName && selects(svc.Spec.Selector, s.Spec.Template.Metadata.Labels) {
+				ss = &s
+			}
+		}
+		if ss == nil {
+			t.Errorf("Sentinel %s: no StatefulSet governed by Service %s", addr, svcName)
+			continue
+		}
+		idx, err := strconv.Atoi(strings.TrimPrefix(pod, ss.Metadata.Name+"-"))
+		if err != nil || idx >= ss.Spec.Replicas || ss.Spec.Replicas < 3 {
+			t.Errorf("Sentinel %s is not one of StatefulSet %s's %d pods (want 3 or more)", addr, ss.Metadata.Name, ss.Spec.Replicas)
+		}
+		sc := ss.Spec.Template.Spec.Containers[0]
+		script := strings.Join(append(slices.Clone(sc.Command), sc.Args...), " ")
+		mon := sentinelMonitor.FindStringSubmatch(script)
+		if !strings.Contains(script, "redis-sentinel") || mon == nil || mon[1] != master || mon[4] != "2" {
+			t.Errorf("StatefulSet %s does not run Sentinels monitoring %q with quorum 2", ss.Metadata.Name, master)
+		}
+	}
+	var data int
+	for _, s := range m.statefulSets {
+		c := s.Spec.Template.Spec.Containers[0]
+		script := strings.Join(append(slices.Clone(c.Command), c.Args...), " ")
+		if strings.Contains(script, "redis-server") {
+			data++
+			if !strings.Contains(script, "--appendonly yes") {
+				t.Errorf("StatefulSet %s: every Redis node must persist (--appendonly yes)", s.Metadata.Name)
+			}
+			if s.Spec.Replicas != 3 {
+				t.Errorf("StatefulSet %s runs %d Redis nodes, want a primary and two replicas", s.Metadata.Name, s.Spec.Replicas)
+			}
+		}
+	}
+	if data != 1 {
+		t.Errorf("want one StatefulSet of Redis nodes, found %d", data)
+	}
+}
+
 // selects reports whether a selector picks pods carrying labels.
 func selects(selector, labels map[string]string) bool {
 	if len(selector) == 0 {
@@ -969,12 +1093,14 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	cfg := checkServe(t, "k8s Deployment flarecast", flags, c.Args[1:], env)
 
-	// The broker is the Redis Service, on its port.
+	// The broker is the Redis Service, on its port, or the Sentinels.
 	u, err := url.Parse(cfg["broker"])
 	if err != nil || u.Scheme != "redis" {
 		t.Fatalf("FLARECAST_BROKER %q is not a redis:// URL", cfg["broker"])
 	}
-	if rs, ok := m.services[u.Hostname()]; ok {
+	if master := u.Query().Get("master_name"); master != "" {
+		m.checkSentinels(t, master, sentinelAddrs(u))
+	} else if rs, ok := m.services[u.Hostname()]; ok {
 		if !slices.ContainsFunc(rs.Spec.Ports, func(p servicePort) bool {
 			return strconv.Itoa(p.Port) == u.Port()
 		}) {
@@ -1119,9 +1245,21 @@ func TestKubernetesManifests(t *testing.T) {
 		t.Errorf("--max-connections %d is below the HPA's 8000 per pod: pods would refuse before scaling", mc)
 	}
 
+	// The flarecast pods' budget, and the Redis StatefulSets' own.
 	for name, b := range m.pdbs {
-		if !selects(b.Spec.Selector.MatchLabels, pod.Metadata.Labels) {
-			t.Errorf("PodDisruptionBudget %s selects %v, not the flarecast pods %v", name, b.Spec.Selector.MatchLabels, pod.Metadata.Labels)
+		if name == "flarecast" {
+			if !selects(b.Spec.Selector.MatchLabels, pod.Metadata.Labels) {
+				t.Errorf("PodDisruptionBudget %s selects %v, not the flarecast pods %v", name, b.Spec.Selector.MatchLabels, pod.Metadata.Labels)
+			}
+			continue
 		}
+		if !slices.ContainsFunc(slices.Collect(maps.Values(m.statefulSets)), func(ss statefulSet) bool {
+			return selects(b.Spec.Selector.MatchLabels, ss.Spec.Template.Metadata.Labels)
+		}) {
+			t.Errorf("PodDisruptionBudget %s selects %v: no pods of deploy/k8s", name, b.Spec.Selector.MatchLabels)
+		}
+	}
+	if _, ok := m.pdbs["flarecast"]; !ok {
+		t.Error("no PodDisruptionBudget flarecast")
 	}
 }

@@ -25,19 +25,21 @@ import (
 )
 
 // TestComposeTopology runs docker-compose.yml's topology without Docker,
-// which CI does not have: a real redis-server, one flarecast process per
-// compose instance started with that service's own command and
+// which CI does not have: real redis-server and redis-sentinel processes
+// as a primary, two replicas and three Sentinels, one flarecast process
+// per compose instance started with that service's own command and
 // environment (only addresses moved to loopback), nginx running
 // deploy/nginx/compose.conf in front of them, and the compose producer's
 // events published through both instances' ingest sockets with
 // `flarecast publish`. Every client — behind nginx, or on either instance —
 // gets every event once, under the same message_ids. It also checks what
 // the Kubernetes manifests rely on: the probe paths answer, the HPA metric
-// counts the connections, /readyz turns 503 while Redis is away and back
-// after, and SIGTERM drains an instance within drainBound.
+// counts the connections, /readyz turns 503 while the primary is away and
+// back after the Sentinels promoted a replica, and SIGTERM drains an
+// instance within drainBound.
 func TestComposeTopology(t *testing.T) {
 	ngx := findNginx(t)
-	rs := redistest.Start(t)
+	tp := redistest.StartTopology(t)
 	dir := t.TempDir()
 	if err := os.Chmod(dir, 0o755); err != nil { // nginx workers may run as another user
 		t.Fatal(err)
@@ -61,7 +63,7 @@ func TestComposeTopology(t *testing.T) {
 			admin: "127.0.0.1:" + strconv.Itoa(freePort(t)),
 			sock:  filepath.Join(dir, name+".sock"),
 		}
-		args := setFlag(t, s.Command[1:], "broker", rs.URL())
+		args := setFlag(t, s.Command[1:], "broker", tp.URL())
 		args = setFlag(t, args, "listen", in.ws)
 		args = setFlag(t, args, "admin-listen", in.admin)
 		env := map[string]string{}
@@ -133,29 +135,29 @@ func TestComposeTopology(t *testing.T) {
 		}
 	}
 
-	// Redis away: not ready, producers hear UNAVAILABLE, sessions stay.
-	rs.Stop()
+	// The primary dies: not ready until the Sentinels have promoted a
+	// replica (a second or more), producers hear UNAVAILABLE meanwhile,
+	// sessions stay.
+	tp.Primary().Kill()
 	for _, in := range fleet {
 		waitStatus(t, in.proc, "http://"+in.admin+readyz, http.StatusServiceUnavailable)
 	}
-	// One event: each refusal waits out go-redis's dial retries (~0.8 s).
 	one := filepath.Join(dir, "one.ndjson")
 	if err := os.WriteFile(one, []byte(`{"event_type":"system_event","source":"deploy-test"}`+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if _, out, err := publish(fleet[0].sock, one, "10s"); err == nil || !strings.Contains(out, "UNAVAILABLE") {
-		t.Fatalf("publish while Redis is down: %v, want an UNAVAILABLE refusal:\n%s", err, out)
+		t.Fatalf("publish while the primary is down: %v, want an UNAVAILABLE refusal:\n%s", err, out)
 	}
-	rs.Restart()
 	for _, in := range fleet {
 		waitStatus(t, in.proc, "http://"+in.admin+readyz, http.StatusOK)
 	}
 	after, out, err := publish(fleet[len(fleet)-1].sock, events, "30s")
 	if err != nil {
-		t.Fatalf("publish after Redis returned: %v\n%s", err, out)
+		t.Fatalf("publish after the failover: %v\n%s", err, out)
 	}
 	if after[0] <= ids[len(ids)-1] {
-		t.Fatalf("message_ids after the Redis restart %v do not follow %v", after, ids)
+		t.Fatalf("message_ids after the failover %v do not follow %v", after, ids)
 	}
 	for name, c := range clients {
 		got := c.events(t, len(after))

@@ -18,6 +18,9 @@ const (
 	cmdUnsubscribe
 	cmdSweep
 	cmdWake
+	cmdRestore  // the session store answered a resume's claim (fleetsessions.go)
+	cmdReleased // another instance claimed a session
+	cmdSyncAcks // queue moved ack positions for the session store
 )
 
 // maxCommandsInFlight bounds the subscribe and unsubscribe messages of one
@@ -41,6 +44,7 @@ type command struct {
 	resumeID string
 	claims   *auth.Claims // attach: the connection's token; nil without auth
 	now      time.Time
+	claim    *claimRequest // restore: the store's answer
 }
 
 // cost estimates the dispatcher time cmd takes, in commandBudget units.

@@ -90,6 +90,11 @@ type Config struct {
 	// Broker joins a fleet sharing one event stream: a redis:// URL. Empty
 	// means a single instance with its in-memory ring.
 	Broker string
+	// BrokerMinReplicas is how many Redis replicas must hold an append
+	// (WAIT) before the producer hears ok; fewer in time and the event is
+	// refused (UNAVAILABLE), though it may still be delivered. Negative:
+	// 1 when Broker names Sentinels, 0 for a single Redis.
+	BrokerMinReplicas int
 	// HandshakeTimeout closes a connection that has not completed its
 	// upgrade request in this time (slowloris).
 	HandshakeTimeout time.Duration
@@ -146,6 +151,7 @@ func DefaultConfig() Config {
 		SessionTimeout:     5 * time.Minute,
 		CleanupInterval:    time.Minute,
 		BroadcastCapacity:  10000,
+		BrokerMinReplicas:  -1,
 		HistorySize:        100000,
 		HistoryMaxBytes:    64 << 20,
 		Compression:        true,

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -48,13 +49,24 @@ type dispatcher struct {
 	index   *filterindex.Index
 	history *ring.History[*outFrame]
 
-	sessions   map[string]*session
+	sessions   map[sessionID]*session
 	slots      []*session // by session slot (filter index owner)
 	freeSlots  []uint32
 	replaying  []*session // sessions whose replay pump has work
 	replayTurn int        // which of them goes first this round (pumpReplays)
 
 	lastID uint64 // message_id of the last event dispatched
+
+	// In a fleet: events the broker tailer could not deliver (replay.go's
+	// gap markers, in ring order, and the ranges a replay must report).
+	gapMu    sync.Mutex
+	gapMarks []gapMark
+	gaps     []gapRange
+
+	// In a fleet: the link to the session store, and the connections whose
+	// resume waits for its answer (fleetsessions.go). nil on one instance.
+	sync     *sessionSync
+	claiming map[*conn]struct{}
 
 	pending []command // taken from cmds, not applied yet (commandBudget)
 
@@ -76,10 +88,10 @@ func newDispatcher(eng *Engine) *dispatcher {
 		ring:     ring.New[*event.Event](eng.cfg.BroadcastCapacity, 1),
 		index:    filterindex.New(),
 		history:  ring.NewHistory[*outFrame](eng.cfg.HistorySize, eng.cfg.HistoryMaxBytes),
-		sessions: make(map[string]*session),
+		sessions: make(map[sessionID]*session),
 	}
 	d.cmds.signal = make(chan struct{}, 1)
-	d.onEvent = d.dispatchEvent
+	d.onEvent = d.ringEvent
 	return d
 }
 
@@ -160,6 +172,12 @@ func (d *dispatcher) apply(cmd *command) {
 		d.sweep(cmd.now)
 	case cmdWake:
 		// The loop drained a replaying connection: run pumps again.
+	case cmdRestore:
+		d.restore(cmd.claim)
+	case cmdReleased:
+		d.released(cmd.resumeID)
+	case cmdSyncAcks:
+		d.syncAcks(cmd.now)
 	}
 }
 

@@ -139,7 +139,7 @@ func FuzzDispatcherCommands(f *testing.F) {
 				c.loop.mu.Unlock()
 			case 4: // another connection takes the session over
 				if c.sess != nil && !c.gone {
-					connect(c.sess.id)
+					connect(c.sess.id.String())
 				}
 			case 5: // the connection drops
 				if !c.closed {
@@ -149,7 +149,7 @@ func FuzzDispatcherCommands(f *testing.F) {
 				}
 			case 6: // a new client, or a resume of a dropped one
 				if op&0x80 != 0 && c.sess != nil {
-					connect(c.sess.id)
+					connect(c.sess.id.String())
 				} else {
 					connect("")
 				}

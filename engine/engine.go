@@ -42,6 +42,7 @@ type Engine struct {
 	metrics  *engineMetrics
 	disp     *dispatcher
 	broker   *broker.Redis       // nil on a single instance
+	tailing  atomic.Bool         // the broker tailer runs (readiness)
 	tokens   [][sha256.Size]byte // HTTP ingest's bearer tokens (digests)
 	adapters *ingest.Adapters    // HTTP ingest's alert-source webhooks
 	limits   connLimiter         // connections per server and per client address
@@ -115,11 +116,15 @@ func New(cfg Config) (*Engine, error) {
 		}
 	}
 	if cfg.Broker != "" {
-		b, err := broker.NewRedis(cfg.Broker, cfg.HistorySize)
+		b, err := broker.NewRedis(cfg.Broker, cfg.HistorySize, broker.MinReplicas(cfg.BrokerMinReplicas))
 		if err != nil {
 			return nil, err
 		}
 		e.broker = b
+		e.metrics.addBroker()
+		e.metrics.addSessionStore()
+		e.disp.sync = newSessionSync(b.Sessions(), cfg.SessionTimeout, e.log, e.metrics.sessionStoreFailures.Inc)
+		e.disp.claiming = make(map[*conn]struct{})
 		e.metrics.set.NewGauge("flarecast_broker_up", func() float64 { return b2f(b.Up()) })
 		e.metrics.set.NewGauge("flarecast_broker_reconnects_total", func() float64 { return float64(b.Reconnects()) })
 		e.metrics.set.NewGauge("flarecast_broker_lag_events", func() float64 {
@@ -165,6 +170,9 @@ func (e *Engine) appendToBroker(ctx context.Context, ev *event.Event) (uint64, e
 	start := time.Now()
 	id, err := e.broker.Append(ctx, ev.JSON, ev.Accepted)
 	if err != nil {
+		if errors.Is(err, broker.ErrNotReplicated) {
+			e.metrics.brokerUnreplicated.Inc()
+		}
 		return 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	e.metrics.brokerAppend.UpdateDuration(start)
@@ -172,11 +180,28 @@ func (e *Engine) appendToBroker(ctx context.Context, ev *event.Event) (uint64, e
 	return id, nil
 }
 
-// tail feeds the local ring from the fleet's stream until ctx ends.
+// tail feeds the local ring from the fleet's stream until ctx ends. An
+// entry it cannot read is skipped (logged, counted): one bad write to the
+// stream must not stop the fleet. Events it cannot deliver any more become
+// a gap marker, which gives the sessions HISTORY_GAP.
 func (e *Engine) tail(ctx context.Context) error {
+	e.tailing.Store(true)
+	defer e.tailing.Store(false)
 	return e.broker.Tail(ctx, 0, func(entry broker.Entry) error {
+		if entry.GapFrom != 0 {
+			e.metrics.brokerGaps.Inc()
+			e.log.Warn("events of the broker stream will not be delivered here; sessions get HISTORY_GAP",
+				"from", entry.GapFrom, "continuing_from", entry.ID)
+			return e.disp.publishGap(ctx, entry.GapFrom, entry.ID)
+		}
+		if entry.Err != nil {
+			e.metrics.brokerCorrupt.Inc()
+			e.log.Error("skipping an undecodable entry of the broker stream", "message_id", entry.ID, "err", entry.Err)
+			return nil
+		}
 		ev, err := event.ParseAccepted(entry.Data)
 		if err != nil {
+			e.metrics.brokerCorrupt.Inc()
 			e.log.Error("skipping an unreadable event in the broker stream", "message_id", entry.ID, "err", err)
 			return nil
 		}
@@ -243,6 +268,9 @@ func (e *Engine) PublishJSONBatch(ctx context.Context, lines [][]byte, ids []uin
 		switch {
 		case entries[i].Data == nil:
 		case errs[i] != nil:
+			if errors.Is(errs[i], broker.ErrNotReplicated) {
+				e.metrics.brokerUnreplicated.Inc()
+			}
 			errs[i] = fmt.Errorf("%w: %v", ErrUnavailable, errs[i])
 		default:
 			ids[i] = entries[i].ID
@@ -354,6 +382,19 @@ func (e *Engine) Run(ctx context.Context) error {
 	} else {
 		close(tailDone)
 	}
+	syncCtx, stopSync := context.WithCancel(context.Background())
+	defer stopSync()
+	syncDone := make(chan struct{})
+	if y := e.disp.sync; y != nil {
+		go func() {
+			defer close(syncDone)
+			y.run(syncCtx,
+				func(r *claimRequest) { e.disp.cmds.push(command{kind: cmdRestore, claim: r}) },
+				func(id string) { e.disp.cmds.push(command{kind: cmdReleased, resumeID: id}) })
+		}()
+	} else {
+		close(syncDone)
+	}
 
 	ingestCtx, stopIngest := context.WithCancel(context.Background())
 	defer stopIngest()
@@ -408,11 +449,20 @@ func (e *Engine) Run(ctx context.Context) error {
 	<-httpDone // in-flight HTTP requests finished (within their grace)
 	stopTail()
 	<-tailDone
+	e.disp.ring.Close()
+	<-dispDone
+	stopSync()
+	<-syncDone
+	if y := e.disp.sync; y != nil {
+		// What the dispatcher queued last (detaches, acks) reaches the
+		// store, so the sessions resume elsewhere from there.
+		flushCtx, cancel := context.WithTimeout(context.Background(), claimTimeout)
+		y.flush(flushCtx)
+		cancel()
+	}
 	if e.broker != nil {
 		e.broker.Close()
 	}
-	e.disp.ring.Close()
-	<-dispDone
 	stopHK()
 	if runErr == nil {
 		var wg sync.WaitGroup
@@ -459,6 +509,10 @@ func (e *Engine) readiness() error {
 		return errors.New("shutting down")
 	case e.broker != nil && !e.broker.Up():
 		return errors.New("broker unreachable")
+	case e.broker != nil && !e.tailing.Load():
+		return errors.New("broker tailer stopped")
+	case e.broker != nil && !e.broker.CaughtUp():
+		return errors.New("loading the history window from the broker")
 	}
 	return nil
 }
@@ -570,6 +624,12 @@ func (e *Engine) housekeeper(ctx context.Context) {
 	defer heartbeat.Stop()
 	cleanup := time.NewTicker(min(e.cfg.CleanupInterval, e.cfg.HandshakeTimeout))
 	defer cleanup.Stop()
+	var ackSync <-chan time.Time // fleet only: acked positions to the session store
+	if e.disp.sync != nil {
+		t := time.NewTicker(ackSyncInterval)
+		defer t.Stop()
+		ackSync = t.C
+	}
 	for {
 		var ping bool
 		select {
@@ -586,6 +646,9 @@ func (e *Engine) housekeeper(ctx context.Context) {
 			ping = true
 		case <-cleanup.C:
 			e.disp.cmds.push(command{kind: cmdSweep, now: time.Now()})
+		case <-ackSync:
+			e.disp.cmds.push(command{kind: cmdSyncAcks, now: time.Now()})
+			continue
 		}
 		now := time.Now()
 		for _, l := range e.allLoops() {

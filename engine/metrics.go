@@ -36,16 +36,23 @@ type engineMetrics struct {
 	handshakeRejected *metrics.Counter
 	resumesFresh      *metrics.Counter
 	resumesResumed    *metrics.Counter
-	resumesGap        *metrics.Counter
-	replayed          *metrics.Counter
-	sessionDuration   *metrics.PrometheusHistogram
-	latency           latencyHistogram
-	brokerAppend      *metrics.PrometheusHistogram
-	errors            map[string]*metrics.Counter
-	closes            map[string]*metrics.Counter
-	refused           map[string]*metrics.Counter
-	inputWaits        [len(inputWaitReasons)]*metrics.Counter // by inputWait; [inputReady] unused
-	httpIngest        map[int]*metrics.Counter                // by status code; nil without --ingest-listen
+	// Fleet only (addSessionStore): writes to or claims from the session
+	// store that failed, and resumes of a session another instance held.
+	sessionStoreFailures *metrics.Counter
+	sessionsMoved        *metrics.Counter
+	resumesGap           *metrics.Counter
+	replayed             *metrics.Counter
+	sessionDuration      *metrics.PrometheusHistogram
+	latency              latencyHistogram
+	brokerAppend         *metrics.PrometheusHistogram
+	brokerCorrupt        *metrics.Counter // fleet only (addBroker): undecodable stream entries skipped
+	brokerGaps           *metrics.Counter // fleet only: gaps reported to the sessions
+	brokerUnreplicated   *metrics.Counter // fleet only: appends refused, too few replicas in time
+	errors               map[string]*metrics.Counter
+	closes               map[string]*metrics.Counter
+	refused              map[string]*metrics.Counter
+	inputWaits           [len(inputWaitReasons)]*metrics.Counter // by inputWait; [inputReady] unused
+	httpIngest           map[int]*metrics.Counter                // by status code; nil without --ingest-listen
 }
 
 // httpIngestCodes are the statuses HTTP ingest answers with.
@@ -57,6 +64,19 @@ func (m *engineMetrics) addHTTPIngest() {
 	for _, code := range httpIngestCodes {
 		m.httpIngest[code] = m.set.NewCounter(fmt.Sprintf(`flarecast_http_ingest_requests_total{code="%d"}`, code))
 	}
+}
+
+// addBroker registers the fleet's stream series (--broker only).
+func (m *engineMetrics) addBroker() {
+	m.brokerCorrupt = m.set.NewCounter("flarecast_broker_corrupt_entries_total")
+	m.brokerGaps = m.set.NewCounter("flarecast_broker_gaps_total")
+	m.brokerUnreplicated = m.set.NewCounter("flarecast_broker_unreplicated_appends_total")
+}
+
+// addSessionStore registers the fleet's session store series (--broker only).
+func (m *engineMetrics) addSessionStore() {
+	m.sessionStoreFailures = m.set.NewCounter("flarecast_session_store_failures_total")
+	m.sessionsMoved = m.set.NewCounter(`flarecast_session_resumes_total{result="moved"}`)
 }
 
 // addAdapters registers flarecast_adapter_alerts_total{adapter,result}

@@ -157,7 +157,7 @@ func newPipelineFixture(b testing.TB, deflateShare float64) *pipelineFixture {
 	for i := range filters {
 		c := &conn{gc: &stubConn{}, loop: fx.loops[i%len(fx.loops)], state: stateOpen, upgraded: true, welcomed: true}
 		c.deflate = deflateEvery > 0 && i%deflateEvery == 0
-		s := fx.d.newSession(now)
+		s := fx.d.newSession()
 		s.conn, c.sess = c, s
 		fx.d.subscribe(c, &codec.ClientMessage{Type: codec.TypeSubscribe, SubscriptionID: "s", Filter: filters[i]})
 	}

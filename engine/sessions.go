@@ -18,7 +18,7 @@ import (
 // reconnects with its session id resumes where it was. Sessions are owned
 // by the dispatcher goroutine; nothing else touches them.
 type session struct {
-	id   string
+	id   sessionID
 	slot uint32 // owner number in the filter index
 	subs []subscription
 
@@ -42,6 +42,10 @@ type session struct {
 	// session: the pump walks the history up to the newest event, which
 	// keeps the session's events in order with no gap and no duplicate.
 	replayNext uint64
+
+	// stored: what the fleet's session store was last told (fleetsessions.go);
+	// nil on a single instance and until the session's first subscription.
+	stored *storedSession
 }
 
 // subscription is one named filter of a session. The filter itself lives
@@ -93,39 +97,66 @@ func (s *session) coverUpTo(id uint64) {
 	}
 }
 
-// newSessionID returns 128 random bits as hex: unguessable, so a session id
-// is as good as a bearer capability for resuming that session.
-func newSessionID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on Linux
-	return hex.EncodeToString(b[:])
+// sessionID is 128 random bits: unguessable, so a session id is as good as
+// a bearer capability for resuming that session. Clients see it in hex; the
+// server keeps the bytes, which a session holds inline instead of pointing
+// at a 32-byte string of its own.
+type sessionID [16]byte
+
+func newSessionID() sessionID {
+	var id sessionID
+	_, _ = rand.Read(id[:]) // crypto/rand.Read never fails on Linux
+	return id
+}
+
+func (id sessionID) String() string { return hex.EncodeToString(id[:]) }
+
+// parseSessionID reads a client's session id; ok is false for anything
+// this server cannot have handed out.
+func parseSessionID(s string) (id sessionID, ok bool) {
+	if len(s) != 2*len(id) {
+		return id, false
+	}
+	_, err := hex.Decode(id[:], []byte(s))
+	return id, err == nil
 }
 
 // attach gives a new connection its session: the one named by resumeID
 // when it is still held (a resume, or a takeover of a live connection), or
-// a fresh one.
+// a fresh one. In a fleet a resume asks the fleet's session store first
+// (claimFor), which may hold the session for another instance.
+func (d *dispatcher) attach(c *conn, resumeID string, claims *auth.Claims, now time.Time) {
+	id, ok := parseSessionID(resumeID)
+	switch {
+	case !ok:
+		d.attachLocal(c, nil, resumeID, claims, now)
+	case d.sync != nil:
+		d.claimFor(c, id, claims, now)
+	default:
+		d.attachLocal(c, d.sessions[id], resumeID, claims, now)
+	}
+}
+
+// attachLocal attaches c to s, this instance's session named resumeID, or
+// to a fresh session when s is nil.
 //
 // A session is bound to the token that created it: only a token with the
 // same subject and scope may resume or take it over. Any other is refused
 // (UNAUTHORIZED, then a 1008 close); the connection still gets a session of
 // its own, empty and never announced, so that commands it sent meanwhile
 // find one, and the session it named is left untouched.
-func (d *dispatcher) attach(c *conn, resumeID string, claims *auth.Claims, now time.Time) {
+func (d *dispatcher) attachLocal(c *conn, s *session, resumeID string, claims *auth.Claims, now time.Time) {
 	m := d.eng.metrics
-	s := d.sessions[resumeID]
 	if s != nil && !s.auth.SameHolder(claims) {
-		m.refuse(refuseResume)
-		s = d.newSession(now)
-		s.auth, s.conn, c.sess = claims, c, s
-		c.loop.refuseSession(c, "session "+resumeID+" belongs to another token holder")
+		d.refuse(c, resumeID, claims)
 		return
 	}
 	if s == nil {
-		s = d.newSession(now)
+		s = d.newSession()
 		s.auth = claims
 		d.bind(s, c)
 		m.resumesFresh.Inc()
-		d.reply(c, codec.AppendWelcome(d.payload[:0], s.id, now, false))
+		d.reply(c, codec.AppendWelcome(d.payload[:0], s.id.String(), now, false))
 		return
 	}
 	if old := s.conn; old != nil {
@@ -135,9 +166,22 @@ func (d *dispatcher) attach(c *conn, resumeID string, claims *auth.Claims, now t
 		d.unbind(s, old)
 		old.loop.closeAsync(old, codec.ReasonSessionTakenOver)
 	}
+	d.resume(s, c, now)
+}
+
+// refuse answers a connection that named a session of another holder.
+func (d *dispatcher) refuse(c *conn, resumeID string, claims *auth.Claims) {
+	d.eng.metrics.refuse(refuseResume)
+	s := d.newSession()
+	s.auth, s.conn, c.sess = claims, c, s
+	c.loop.refuseSession(c, "session "+resumeID+" belongs to another token holder")
+}
+
+// resume attaches c to the detached session s and replays what it is owed.
+func (d *dispatcher) resume(s *session, c *conn, now time.Time) {
 	d.bind(s, c)
-	m.resumesResumed.Inc()
-	d.reply(c, codec.AppendWelcome(d.payload[:0], s.id, now, true))
+	d.eng.metrics.resumesResumed.Inc()
+	d.reply(c, codec.AppendWelcome(d.payload[:0], s.id.String(), now, true))
 	from := s.resumePoint
 	for i := range s.subs {
 		s.subs[i].covered = from
@@ -169,9 +213,13 @@ func (d *dispatcher) unbind(s *session, c *conn) {
 	s.conn = nil
 }
 
-func (d *dispatcher) newSession(now time.Time) *session {
-	// Nothing before the session's creation is owed to it.
-	s := &session{id: newSessionID(), resumePoint: d.lastID}
+func (d *dispatcher) newSession() *session {
+	return d.newSessionNamed(newSessionID())
+}
+
+// newSessionNamed makes session id, owed nothing before now.
+func (d *dispatcher) newSessionNamed(id sessionID) *session {
+	s := &session{id: id, resumePoint: d.lastID}
 	if n := len(d.freeSlots); n > 0 {
 		s.slot = d.freeSlots[n-1]
 		d.freeSlots = d.freeSlots[:n-1]
@@ -185,12 +233,16 @@ func (d *dispatcher) newSession(now time.Time) *session {
 }
 
 func (d *dispatcher) detach(c *conn, now time.Time) {
+	delete(d.claiming, c) // gone before the store answered its resume
 	s := c.sess
 	if s == nil || s.conn != c {
 		return // taken over by a newer connection
 	}
 	d.unbind(s, c)
 	s.detachedAt = now.UnixNano()
+	if s.stored != nil {
+		d.syncSession(s, s.resumePoint, s.highestSent, "", nil)
+	}
 }
 
 // sweep drops sessions detached for longer than the session timeout.
@@ -270,6 +322,11 @@ func (d *dispatcher) subscribe(c *conn, m *codec.ClientMessage) {
 		}
 		d.startReplay(s, next)
 	}
+	if d.sync != nil {
+		// After the backfill lowered the resume point: a move to another
+		// instance replays it too.
+		d.syncSubscription(s, c, sub.id, encodeSub(&filter, sub.from))
+	}
 }
 
 func (d *dispatcher) unsubscribe(c *conn, m *codec.ClientMessage) {
@@ -284,5 +341,8 @@ func (d *dispatcher) unsubscribe(c *conn, m *codec.ClientMessage) {
 	}
 	d.index.Remove(s.subs[i].sub)
 	s.subs = append(s.subs[:i], s.subs[i+1:]...)
+	if d.sync != nil {
+		d.syncSubscription(s, c, m.SubscriptionID, nil)
+	}
 	d.reply(c, codec.AppendUnsubscribed(d.payload[:0], m.SubscriptionID))
 }

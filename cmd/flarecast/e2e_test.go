@@ -35,6 +35,7 @@ func TestE2E(t *testing.T) {
 	t.Run("UsageErrors", func(t *testing.T) { testUsageErrors(t, bin) })
 	t.Run("PublishNoServer", func(t *testing.T) { testPublishNoServer(t, bin) })
 	t.Run("PublishHTTP", func(t *testing.T) { testPublishHTTP(t, bin) })
+	t.Run("FleetInstanceKilled", func(t *testing.T) { testFleetInstanceKilled(t, bin) })
 }
 
 // e2eBuildBinary builds ./cmd/flarecast (this package's directory) into
@@ -206,8 +207,9 @@ func e2eRun(t *testing.T, bin string, env []string, stdin string, args ...string
 }
 
 type e2eClient struct {
-	t  *testing.T
-	ws *websocket.Conn
+	t       *testing.T
+	ws      *websocket.Conn
+	session string // the welcome's session_id
 }
 
 func dialE2E(t *testing.T, s *e2eServer, d *websocket.Dialer) (*e2eClient, *http.Response) {
@@ -221,9 +223,11 @@ func dialE2E(t *testing.T, s *e2eServer, d *websocket.Dialer) (*e2eClient, *http
 	}
 	t.Cleanup(func() { ws.Close() })
 	c := &e2eClient{t: t, ws: ws}
-	if m := c.read(); m["type"] != "welcome" {
+	m := c.read()
+	if m["type"] != "welcome" {
 		t.Fatalf("first message %v, want welcome", m)
 	}
+	c.session, _ = m["session_id"].(string)
 	return c, resp
 }
 
@@ -251,27 +255,36 @@ func (c *e2eClient) subscribe(filters map[string]any) {
 // socket and returns its message_id, failing the test if it is refused.
 func e2eIngest(t *testing.T, socket string, line []byte) uint64 {
 	t.Helper()
-	c, err := net.DialTimeout("unix", socket, 5*time.Second)
+	id, err := e2eTryIngest(socket, line)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return id
+}
+
+// e2eTryIngest is e2eIngest for a goroutine other than the test's.
+func e2eTryIngest(socket string, line []byte) (uint64, error) {
+	c, err := net.DialTimeout("unix", socket, 5*time.Second)
+	if err != nil {
+		return 0, err
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := c.Write(append(line, '\n')); err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
 	reply, err := bufio.NewReader(c).ReadBytes('\n')
 	if err != nil {
-		t.Fatalf("ingest reply: %v", err)
+		return 0, fmt.Errorf("ingest reply: %w", err)
 	}
 	var r struct {
 		OK        bool   `json:"ok"`
 		MessageID uint64 `json:"message_id"`
 	}
 	if err := json.Unmarshal(reply, &r); err != nil || !r.OK || r.MessageID == 0 {
-		t.Fatalf("event of %d bytes refused: %s", len(line), reply)
+		return 0, fmt.Errorf("event of %d bytes refused: %s", len(line), reply)
 	}
-	return r.MessageID
+	return r.MessageID, nil
 }
 
 var (

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -20,6 +21,9 @@ type Server struct {
 	dir  string
 	cmd  *exec.Cmd
 	t    testing.TB
+	bin  string   // redis-server unless set
+	conf string   // a config file to start with, if any
+	args []string // the data settings; nil: Start's
 }
 
 // URL is the broker URL of the server.
@@ -44,12 +48,22 @@ func Start(t testing.TB) *Server {
 
 func (s *Server) start() {
 	s.t.Helper()
-	s.cmd = exec.Command("redis-server",
-		"--bind", "127.0.0.1", "--port", strconv.Itoa(s.Port), "--dir", s.dir,
-		"--save", "", "--appendonly", "yes", "--appendfsync", "always",
-		"--logfile", filepath.Join(s.dir, "redis.log"))
+	bin, args := s.bin, s.args
+	if bin == "" {
+		bin = "redis-server"
+	}
+	if s.conf != "" {
+		args = []string{s.conf}
+	} else {
+		if args == nil {
+			args = []string{"--appendonly", "yes", "--appendfsync", "always"}
+		}
+		args = append([]string{"--bind", "127.0.0.1", "--port", strconv.Itoa(s.Port), "--dir", s.dir,
+			"--save", "", "--logfile", filepath.Join(s.dir, "redis.log")}, args...)
+	}
+	s.cmd = exec.Command(bin, args...)
 	if err := s.cmd.Start(); err != nil {
-		s.t.Fatalf("start redis-server: %v", err)
+		s.t.Fatalf("start %s: %v", bin, err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -66,7 +80,7 @@ func (s *Server) start() {
 		time.Sleep(20 * time.Millisecond)
 	}
 	log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
-	s.t.Fatalf("redis-server did not answer on %s:\n%s", s.addr(), log)
+	s.t.Fatalf("%s did not answer on %s:\n%s", bin, s.addr(), log)
 }
 
 func (s *Server) addr() string { return "127.0.0.1:" + strconv.Itoa(s.Port) }
@@ -103,3 +117,24 @@ func freePort(t testing.TB) int {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
 }
+
+// Kill stops the server with SIGKILL, as a crash would: nothing is flushed
+// and no client is told.
+func (s *Server) Kill() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+	s.cmd = nil
+}
+
+// Addr is the server's host:port.
+func (s *Server) Addr() string { return s.addr() }
+
+// Freeze stops the server with SIGSTOP: connections stay open and nothing
+// answers, as with a network partition or a stalled host. Thaw resumes it.
+func (s *Server) Freeze() { _ = s.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Thaw resumes a frozen server.
+func (s *Server) Thaw() { _ = s.cmd.Process.Signal(syscall.SIGCONT) }
