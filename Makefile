@@ -4,7 +4,7 @@ BIN       := bin
 GOFLAGS_BUILD := -trimpath
 LDFLAGS   := -s -w
 
-.PHONY: all build run test vet bench fuzz churn clean loadtest-smoke
+.PHONY: all build run test test-js vet bench fuzz churn clean loadtest-smoke
 
 all: build
 
@@ -17,9 +17,17 @@ build:
 run: build
 	./$(BIN)/flarecast serve
 
-# Everything the project tests: vet, then every package under the race detector.
+# Everything the project tests: vet, every package under the race detector,
+# then the TypeScript client (clients/js) against the built binary.
 test: vet
 	$(GO) test -race -count=1 -timeout 30m ./...
+	$(MAKE) test-js
+
+# The TypeScript client @flarecast/client: install its pinned dev tools,
+# compile, and run its tests (node --test) against bin/flarecast, including
+# the shared conformance scenario and a run in headless Chromium.
+test-js: build
+	cd clients/js && npm ci --no-audit --no-fund && npm run build && npm test
 
 vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -1,11 +1,17 @@
 // Package board serves flarecast's live incident board: one self-contained
-// HTML page (markup, style and script inline, no CDN, no build step) that is
-// embedded in the binary and served on the admin port.
+// HTML page (markup, style and script inline, no CDN; the script includes
+// the committed bundle of the TypeScript client) that is embedded in the
+// binary and served on the admin port.
 //
 // The page is an ordinary WebSocket client of the public protocol: it
 // subscribes with the filters its controls describe, acknowledges what it
-// has processed, and resumes its session after a drop. Nothing it does needs
-// a privilege another client lacks. The only thing the server tells it out
+// has processed, and resumes its session after a drop. It does so through
+// the TypeScript client package, @flarecast/client (clients/js): its built
+// bundle is committed here as flarecast.js (`npm run board` in clients/js
+// refreshes it, and the package's tests check that the copy equals a fresh
+// build), and the page carries it inline, in its module script, so that the
+// Content-Security-Policy pins one hash for all the code the page runs.
+// Nothing it does needs a privilege another client lacks. The only thing the server tells it out
 // of band is where the WebSocket endpoint is, because the board is served by
 // the admin listener while the WebSocket lives on another port.
 package board
@@ -22,12 +28,53 @@ import (
 	"time"
 )
 
-//go:embed board.html
+//go:embed board.html flarecast.js
 var files embed.FS
 
 // placeholder is replaced by the endpoint description (HTML-escaped JSON)
 // in the page's <meta name="flarecast-ws"> tag.
 const placeholder = "{{FLARECAST_WS}}"
+
+// clientPlaceholder, in the page's module script, is replaced by the
+// client package's bundle (flarecast.js).
+const clientPlaceholder = "/*{{FLARECAST_CLIENT}}*/"
+
+// ClientJS returns the embedded bundle of @flarecast/client (an ES module),
+// the code the board runs; ScriptHandler serves it.
+func ClientJS() []byte {
+	js, err := files.ReadFile("flarecast.js")
+	if err != nil {
+		panic("board: embedded client missing: " + err.Error()) // cannot happen: go:embed checked it at build time
+	}
+	return js
+}
+
+// ScriptHandler serves the client bundle as a JavaScript module, for pages
+// other than the board that want to import it from the server.
+func ScriptHandler() http.Handler {
+	js := ClientJS()
+	modified := time.Now()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Type", "text/javascript; charset=utf-8")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Cache-Control", "no-cache")
+		http.ServeContent(w, r, "", modified, bytes.NewReader(js))
+	})
+}
+
+// page is board.html with the client bundle in its module script.
+func page() []byte {
+	raw, err := files.ReadFile("board.html")
+	if err != nil {
+		panic("board: embedded page missing: " + err.Error()) // cannot happen: go:embed checked it at build time
+	}
+	js := ClientJS()
+	if bytes.Contains(bytes.ToLower(js), []byte("</script")) || !bytes.Contains(raw, []byte(clientPlaceholder)) {
+		panic("board: the client bundle cannot be inlined") // board_test.go checks it
+	}
+	return bytes.Replace(raw, []byte(clientPlaceholder), js, 1)
+}
 
 // Config tells the page where the WebSocket endpoint is. The page connects
 // to the host it was loaded from (a browser reaching the admin port by some
@@ -48,10 +95,7 @@ type Config struct {
 // Handler returns the handler that serves the page for every request it is
 // given; mount it on the path the page should live at (flarecast: GET /).
 func Handler(cfg Config) http.Handler {
-	raw, err := files.ReadFile("board.html")
-	if err != nil {
-		panic("board: embedded page missing: " + err.Error()) // cannot happen: go:embed checked it at build time
-	}
+	raw := page()
 	render := func(port string) []byte {
 		endpoint, _ := json.Marshal(struct {
 			Port string `json:"port,omitempty"`
@@ -78,7 +122,7 @@ func Handler(cfg Config) http.Handler {
 }
 
 var (
-	scriptRe = regexp.MustCompile(`(?s)<script>(.*?)</script>`)
+	scriptRe = regexp.MustCompile(`(?s)<script(?: type="module")?>(.*?)</script>`)
 	styleRe  = regexp.MustCompile(`(?s)<style>(.*?)</style>`)
 )
 

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/flarecast/flarecast/board"
 	"github.com/flarecast/flarecast/engine"
 	"github.com/flarecast/flarecast/event"
 	"github.com/flarecast/flarecast/internal/cutproxy"
@@ -558,5 +560,33 @@ func TestBoardServed(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("GET / with the board off = %d, want 404", resp.StatusCode)
+	}
+}
+
+// TestClientBundle: the page carries the client package's bundle inline,
+// in the one module script the Content-Security-Policy pins, and
+// ScriptHandler serves the same bundle as a JavaScript module.
+func TestClientBundle(t *testing.T) {
+	js := board.ClientJS()
+	if !bytes.Contains(js, []byte("export class FlarecastClient")) {
+		t.Fatal("flarecast.js is not the @flarecast/client bundle (npm run board in clients/js)")
+	}
+	rec := httptest.NewRecorder()
+	board.Handler(board.Config{}).ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	page := rec.Body.Bytes()
+	if !bytes.Contains(page, js) || bytes.Contains(page, []byte("{{FLARECAST_CLIENT}}")) {
+		t.Fatal("the page does not carry the client bundle inline")
+	}
+	if n := bytes.Count(page, []byte("<script")); n != 1 {
+		t.Fatalf("the page has %d scripts, want the one module script", n)
+	}
+	csp := rec.Header().Get("Content-Security-Policy")
+	if script, _, _ := strings.Cut(csp[strings.Index(csp, "script-src"):], ";"); strings.Count(script, "'sha256-") != 1 || strings.Contains(csp, "'self'") {
+		t.Fatalf("Content-Security-Policy %q must pin exactly the one inline script", csp)
+	}
+	rec = httptest.NewRecorder()
+	board.ScriptHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/board/flarecast.js", nil))
+	if rec.Code != 200 || rec.Header().Get("Content-Type") != "text/javascript; charset=utf-8" || !bytes.Equal(rec.Body.Bytes(), js) {
+		t.Fatalf("ScriptHandler: %d %q, %d bytes", rec.Code, rec.Header().Get("Content-Type"), rec.Body.Len())
 	}
 }
