@@ -46,7 +46,8 @@ type client struct {
 	kind    FilterKind
 	conn    net.Conn
 	r       *bufio.Reader
-	deflate bool // permessage-deflate negotiated
+	pre     *prefixed // what r reads from when the handshake read ahead; for detach (loop.go)
+	deflate bool      // permessage-deflate negotiated
 
 	msg  []byte // the message being read; reused
 	ctrl []byte // a control frame's payload; reused
@@ -136,9 +137,11 @@ func (c *client) connect(ctx context.Context, d *ws.Dialer, url string, timeout 
 		}
 	}
 	var rd io.Reader = conn
+	c.pre = nil
 	if br != nil {
 		// The server's first frames came with the handshake response.
-		rd = &prefixed{prefix: bytes.Clone(peekAll(br)), r: conn}
+		c.pre = &prefixed{prefix: bytes.Clone(peekAll(br)), r: conn}
+		rd = c.pre
 		ws.PutReader(br)
 	}
 	c.r = bufio.NewReaderSize(rd, 2048)
@@ -253,78 +256,88 @@ func (c *client) readLoop(r *runner) {
 			}
 			return
 		}
-		now := r.now()
-		var ev decoded
-		hit := false
-		if compressed {
-			ev, hit = r.inflated.get(msg) // another receiver may have inflated these bytes
-		}
-		switch {
-		case !compressed:
-			ev = decode(msg)
-		case !hit:
-			if plain, err = inflate(plain[:0], msg); err != nil {
-				c.malformed++
-				continue
-			}
-			if ev = decode(plain); ev.event {
-				r.inflated.put(msg, ev)
-			}
-			msg = plain
-		}
-		if !ev.event {
-			if bytes.Contains(msg, codeHistoryGap) {
-				r.historyGaps.Add(1)
-			}
-			if bytes.Contains(msg, typeClosing) && !r.closing.Load() {
-				c.closeNote = "closing: " + string(truncate(msg, 120))
-			}
-			continue
-		}
-		if !ev.ok {
-			c.malformed++
-			continue
-		}
-		if int(ev.seq%uint64(r.groups)) != c.group {
-			c.unexpected++
-			continue
-		}
-		idx := ev.seq / uint64(r.groups)
-		dup := c.got.set(idx)
-		if r.chaotic && !dup && idx > 0 && !c.got.has(idx-1) && c.gapNote == "" {
-			// The previous event of the group is missing: the server
-			// skipped it on this connection (or on the one before, and
-			// replays from after it). Kept for the report of a loss.
-			c.gapNote = fmt.Sprintf("seq %d arrived (message_id %d, event %d on connection %d after %d reconnects) before seq %d",
-				ev.seq, ev.id, c.connEvents+1, c.reconnects+1, c.reconnects, ev.seq-uint64(r.groups))
-		}
-		c.connEvents++
-		if r.chaotic {
-			if ev.id <= c.connMaxID {
-				c.outOfOrder++
-				c.overtaken(ev.id)
-			}
-			c.connMaxID = max(c.connMaxID, ev.id)
-			c.acknowledge(r, ev.id, now)
-		}
-		if dup {
-			if c.reconnects > 0 && ev.id > c.replayFloor && ev.id <= c.replayTop {
-				c.replayDups++
-			} else {
-				c.dups++
-				if c.dupNote == "" && r.chaotic {
-					how := "resume"
-					if c.newSession {
-						how = "new session with since"
-					}
-					c.dupNote = fmt.Sprintf("message_id %d (seq %d) again, event %d on connection %d (after a %s; allowed replays (%d, %d])",
-						ev.id, ev.seq, c.connEvents, c.reconnects+1, how, c.replayFloor, c.replayTop)
-				}
-			}
-			continue
-		}
-		r.lat.record(c.id, (now-ev.sent)/1000)
+		c.handle(r, msg, compressed, r.now(), &plain, c.id)
 	}
+}
+
+// handle accounts for one data message received at now (Unix ns): both
+// client engines (readLoop, and the event loops of loop.go) call it, so
+// their loss, duplicate and latency accounting is the same code. plain is
+// the caller's reusable buffer for an inflated message that is not a cached
+// event; shard picks the latency shard. On the steady-state path (an
+// event, cached or plain) it allocates nothing.
+func (c *client) handle(r *runner, msg []byte, compressed bool, now int64, plain *[]byte, shard int) {
+	var ev decoded
+	hit := false
+	if compressed {
+		ev, hit = r.inflated.get(msg) // another receiver may have inflated these bytes
+	}
+	switch {
+	case !compressed:
+		ev = decode(msg)
+	case !hit:
+		var err error
+		if *plain, err = inflate((*plain)[:0], msg); err != nil {
+			c.malformed++
+			return
+		}
+		if ev = decode(*plain); ev.event {
+			r.inflated.put(msg, ev)
+		}
+		msg = *plain
+	}
+	if !ev.event {
+		if bytes.Contains(msg, codeHistoryGap) {
+			r.historyGaps.Add(1)
+		}
+		if bytes.Contains(msg, typeClosing) && !r.closing.Load() {
+			c.closeNote = "closing: " + string(truncate(msg, 120))
+		}
+		return
+	}
+	if !ev.ok {
+		c.malformed++
+		return
+	}
+	if int(ev.seq%uint64(r.groups)) != c.group {
+		c.unexpected++
+		return
+	}
+	idx := ev.seq / uint64(r.groups)
+	dup := c.got.set(idx)
+	if r.chaotic && !dup && idx > 0 && !c.got.has(idx-1) && c.gapNote == "" {
+		// The previous event of the group is missing: the server
+		// skipped it on this connection (or on the one before, and
+		// replays from after it). Kept for the report of a loss.
+		c.gapNote = fmt.Sprintf("seq %d arrived (message_id %d, event %d on connection %d after %d reconnects) before seq %d",
+			ev.seq, ev.id, c.connEvents+1, c.reconnects+1, c.reconnects, ev.seq-uint64(r.groups))
+	}
+	c.connEvents++
+	if r.chaotic {
+		if ev.id <= c.connMaxID {
+			c.outOfOrder++
+			c.overtaken(ev.id)
+		}
+		c.connMaxID = max(c.connMaxID, ev.id)
+		c.acknowledge(r, ev.id, now)
+	}
+	if dup {
+		if c.reconnects > 0 && ev.id > c.replayFloor && ev.id <= c.replayTop {
+			c.replayDups++
+		} else {
+			c.dups++
+			if c.dupNote == "" && r.chaotic {
+				how := "resume"
+				if c.newSession {
+					how = "new session with since"
+				}
+				c.dupNote = fmt.Sprintf("message_id %d (seq %d) again, event %d on connection %d (after a %s; allowed replays (%d, %d])",
+					ev.id, ev.seq, c.connEvents, c.reconnects+1, how, c.replayFloor, c.replayTop)
+			}
+		}
+		return
+	}
+	r.lat.record(shard, (now-ev.sent)/1000)
 }
 
 // decoded is what the load tester needs from a server message.

@@ -44,6 +44,15 @@ type Config struct {
 	EventSize int
 	// Compression offers permessage-deflate (with no context takeover).
 	Compression bool
+	// ClientEngine is how the clients receive once subscribed: "loop",
+	// a few epoll loops for all connections (loop.go: less CPU per delivery
+	// and half the memory), or "goroutine", one reader goroutine per
+	// connection, which chaos and soak need for their resume and ack logic.
+	// Empty picks loop unless connections are dropped or churned or abusers
+	// run.
+	ClientEngine string
+	// ClientLoops is how many event loops the loop engine runs (0: GOMAXPROCS).
+	ClientLoops int
 
 	// ConnectConcurrency bounds handshakes in flight.
 	ConnectConcurrency int
@@ -190,6 +199,7 @@ func Preset(name string) (Config, error) {
 		ProgressInterval:     time.Second,
 		ServerProfileSeconds: 20,
 		Abusers:              "off",
+		ClientEngine:         "loop",
 	}
 	switch name {
 	case "density":
@@ -206,6 +216,7 @@ func Preset(name string) (Config, error) {
 	case "chaos":
 		c.Conns, c.Rate, c.Match, c.Duration = 2000, 500, 10, 60*time.Second
 		c.DropRate = 0.02
+		c.ClientEngine = "goroutine"
 	case "soak":
 		c.Conns, c.Rate, c.Match, c.Duration = 2000, 500, 10, 10*time.Minute
 		c.DropRate, c.ChurnRate, c.CheckMemoryFlat = 0.01, 0.01, true
@@ -215,9 +226,12 @@ func Preset(name string) (Config, error) {
 		// run, so growth after that is a leak, not a filling window.
 		// Resumes come within a second, well inside both.
 		c.ServerArgs = []string{"--session-timeout=10s", "--cleanup-interval=2s", "--history-size=5000"}
+		c.ClientEngine = "goroutine"
 	case "abuse":
 		c.Conns, c.Rate, c.Match, c.Duration = 5000, 200, 100, 30*time.Second
 		c.Abusers = "both"
+		// The comparison with earlier abuse runs holds the client fixed.
+		c.ClientEngine = "goroutine"
 	default:
 		return Config{}, fmt.Errorf("unknown scenario %q (want one of %s)", name, strings.Join(Scenarios, ", "))
 	}
@@ -256,6 +270,8 @@ func ParseArgs(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&mix, "mix", mix, "filter kinds and weights: "+strings.Join(filterKindNames(), ", "))
 	fs.IntVar(&c.EventSize, "event-size", base.EventSize, "bytes per ingest line (padded title)")
 	fs.BoolVar(&c.Compression, "compression", base.Compression, "offer permessage-deflate")
+	fs.IntVar(&c.ClientLoops, "client-loops", 0, "event loops of --client-engine loop (0: GOMAXPROCS, one per CPU the load tester may use)")
+	fs.StringVar(&c.ClientEngine, "client-engine", "", "how clients receive: loop (a few epoll loops: less CPU per delivery, half the memory) or goroutine (one per connection; needed by --drop-rate/--churn-rate); default: the scenario's (goroutine for chaos, soak, abuse; loop otherwise)")
 	fs.IntVar(&c.ConnectConcurrency, "connect-concurrency", base.ConnectConcurrency, "handshakes in flight")
 	fs.Float64Var(&c.ConnectRate, "connect-rate", base.ConnectRate, "new connections per second (0: unlimited)")
 	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", base.ConnectTimeout, "bound on the whole connect phase")
@@ -327,6 +343,12 @@ func ParseArgs(args []string, out io.Writer) (Config, error) {
 	if !set["check-memory-flat"] {
 		c.CheckMemoryFlat = p.CheckMemoryFlat
 	}
+	if !set["client-engine"] {
+		c.ClientEngine = ""
+		if !set["drop-rate"] && !set["churn-rate"] && !set["abusers"] {
+			c.ClientEngine = p.ClientEngine
+		}
+	}
 	switch {
 	case !set["abusers"]:
 		c.Abusers = p.Abusers
@@ -364,6 +386,18 @@ func (c *Config) Validate() error {
 	}
 	if c.DropRate < 0 || c.ChurnRate < 0 || c.DropRate+c.ChurnRate > 1 {
 		errs = append(errs, fmt.Errorf("drop-rate and churn-rate must be fractions (0…1 together), got %g and %g", c.DropRate, c.ChurnRate))
+	}
+	switch c.ClientEngine {
+	case "", "goroutine":
+	case "loop":
+		if c.chaotic() {
+			errs = append(errs, errors.New("--client-engine loop has no resume or ack logic: --drop-rate and --churn-rate need --client-engine goroutine"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("--client-engine: want loop or goroutine, got %q", c.ClientEngine))
+	}
+	if c.ClientLoops < 0 {
+		errs = append(errs, fmt.Errorf("--client-loops must not be negative, got %d", c.ClientLoops))
 	}
 	if c.ProgressInterval <= 0 {
 		errs = append(errs, errors.New("progress-interval must be positive"))
@@ -445,6 +479,19 @@ func (c *Config) groups(conns int) int {
 
 // chaotic is whether connections are dropped or churned during the run.
 func (c *Config) chaotic() bool { return c.DropRate > 0 || c.ChurnRate > 0 }
+
+// engine is the client engine of the run: ClientEngine, or when empty,
+// loop unless connections are dropped or churned or abusers run.
+func (c *Config) engine() string {
+	switch {
+	case c.ClientEngine != "":
+		return c.ClientEngine
+	case c.chaotic() || c.Abusers == "on" || c.Abusers == "both":
+		return "goroutine"
+	default:
+		return "loop"
+	}
+}
 
 // abusive is whether this run has the abusers beside the healthy clients.
 func (c *Config) abusive() bool { return c.Abusers == "on" }

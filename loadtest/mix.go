@@ -105,9 +105,19 @@ var (
 
 // parseEvent finds the load tester's seq and send time in an event message
 // without decoding the JSON: the hot path of the client allocates nothing.
+// The send time is looked for after the seq first (appendEvent writes it
+// there and the server passes data through as is), so each byte of a
+// typical event is scanned once.
 func parseEvent(msg []byte) (seq uint64, sentNS int64, ok bool) {
-	s, ok1 := uintAfter(msg, keySeq)
-	t, ok2 := uintAfter(msg, keySent)
+	i := bytes.Index(msg, keySeq)
+	if i < 0 {
+		return 0, 0, false
+	}
+	s, end, ok1 := uintAt(msg, i+len(keySeq))
+	t, ok2 := uintAfter(msg[end:], keySent)
+	if !ok2 {
+		t, ok2 = uintAfter(msg, keySent)
+	}
 	return s, int64(t), ok1 && ok2
 }
 
@@ -116,14 +126,18 @@ func uintAfter(msg, key []byte) (uint64, bool) {
 	if i < 0 {
 		return 0, false
 	}
-	i += len(key)
+	v, _, ok := uintAt(msg, i+len(key))
+	return v, ok
+}
+
+// uintAt reads the decimal at msg[i:] (after blanks) and returns where it ends.
+func uintAt(msg []byte, i int) (v uint64, end int, ok bool) {
 	for i < len(msg) && msg[i] == ' ' {
 		i++
 	}
-	var v uint64
 	j := i
 	for ; j < len(msg) && msg[j] >= '0' && msg[j] <= '9'; j++ {
 		v = v*10 + uint64(msg[j]-'0')
 	}
-	return v, j > i
+	return v, j, j > i
 }

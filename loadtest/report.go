@@ -67,7 +67,11 @@ type Settings struct {
 	AdminURL     string   `json:"admin_url,omitempty"`
 	IngestSocket string   `json:"ingest_socket,omitempty"`
 	ForceGC      bool     `json:"force_gc"`
-	Abusers      string   `json:"abusers,omitempty"`
+	// ClientEngine is how the clients received (loop or goroutine), Loops
+	// how many event loops the loop engine ran.
+	ClientEngine string `json:"client_engine,omitempty"`
+	Loops        int    `json:"loops,omitempty"`
+	Abusers      string `json:"abusers,omitempty"`
 	// ServerCPUs and AbuserCPUs are the taskset CPU lists of the spawned
 	// server and of the abusers' process (--server-cpus, --abuser-cpus).
 	ServerCPUs string `json:"server_cpus,omitempty"`
@@ -166,7 +170,11 @@ type ServerStats struct {
 // CPUSec includes its abusers' process (--abusers); RSS is its own.
 type LoadtestStats struct {
 	CPUSec float64 `json:"cpu_sec"`
-	RSS    int64   `json:"rss_bytes"`
+	// CPUPerDeliveryUS is CPUSec (getrusage: user + system, while events
+	// flowed; publishing included) per delivery received, in µs: what the
+	// client engines are compared by.
+	CPUPerDeliveryUS float64 `json:"cpu_us_per_delivery"`
+	RSS              int64   `json:"rss_bytes"`
 }
 
 // Sample is one progress interval.
@@ -267,7 +275,17 @@ func (r *Result) WriteTable(w io.Writer) {
 	case sv.CPUSec > 0:
 		row("server CPU", "%.2f s", sv.CPUSec)
 	}
-	row("loadtest", "%.2f CPU-s, RSS %s", r.Loadtest.CPUSec, bytesText(r.Loadtest.RSS))
+	engine := r.Settings.ClientEngine
+	if r.Settings.Loops > 0 {
+		engine = fmt.Sprintf("%s engine, %d loops", engine, r.Settings.Loops)
+	} else if engine != "" {
+		engine += " engine"
+	}
+	if r.Loadtest.CPUPerDeliveryUS > 0 {
+		row("loadtest", "%.2f CPU-s, %.2f µs CPU per delivery (%s), RSS %s", r.Loadtest.CPUSec, r.Loadtest.CPUPerDeliveryUS, engine, bytesText(r.Loadtest.RSS))
+	} else {
+		row("loadtest", "%.2f CPU-s (%s), RSS %s", r.Loadtest.CPUSec, engine, bytesText(r.Loadtest.RSS))
+	}
 	for _, w := range r.Warnings {
 		row("warning", "%s", w)
 	}
