@@ -195,18 +195,18 @@ func NewRedis(rawURL string, maxLen int, opts ...Option) (*Redis, error) {
 		maxLen = 100000
 	}
 	r := &Redis{stream: stream, counter: stream + ":id", maxLen: int64(maxLen)}
+	// Fail fast while Redis is away or failing over: producers hear
+	// UNAVAILABLE at once rather than after go-redis's default five dial
+	// attempts. No command retries (-1): a retried append whose reply was
+	// lost would be appended twice; the caller hears the error and decides.
 	if q.Has("master_name") {
-		fo, err := redis.ParseFailoverURL(u.String())
+		o, err := redis.ParseFailoverURL(u.String())
 		if err != nil {
 			return nil, fmt.Errorf("broker URL (Sentinel): %w", err)
 		}
-		// No retries: a retried append whose reply was lost would be
-		// appended twice; the caller hears the error and decides.
-		fo.MaxRetries = -1
-		fo.DialTimeout, fo.ReadTimeout, fo.WriteTimeout = dialTimeout, ioTimeout, ioTimeout
-		fo.DialerRetries = 1
-		fo.ContextTimeoutEnabled = true
-		r.client = redis.NewFailoverClient(fo)
+		o.MaxRetries, o.DialerRetries, o.ContextTimeoutEnabled = -1, 1, true
+		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = dialTimeout, ioTimeout, ioTimeout
+		r.client = redis.NewFailoverClient(o)
 		r.sentinel = true
 		r.minReplicas = 1
 	} else {
@@ -214,12 +214,8 @@ func NewRedis(rawURL string, maxLen int, opts ...Option) (*Redis, error) {
 		if err != nil {
 			return nil, fmt.Errorf("broker URL: %w", err)
 		}
-		o.MaxRetries = -1
+		o.MaxRetries, o.DialerRetries, o.ContextTimeoutEnabled = -1, 1, true
 		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = dialTimeout, ioTimeout, ioTimeout
-		// Fail fast while Redis is away: producers hear UNAVAILABLE at once
-		// rather than after go-redis's default five dial attempts.
-		o.DialerRetries = 1
-		o.ContextTimeoutEnabled = true
 		r.client = redis.NewClient(o)
 	}
 	for _, opt := range opts {

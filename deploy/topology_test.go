@@ -372,17 +372,8 @@ type wsClient struct{ ws *websocket.Conn }
 // dialWS connects, and subscribes to every event.
 func dialWS(t *testing.T, url string) *wsClient {
 	t.Helper()
-	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
-	ws, resp, err := d.Dial(url, nil)
-	if err != nil {
-		t.Fatalf("dial %s: %v (%v)", url, err, resp)
-	}
-	t.Cleanup(func() { ws.Close() })
-	c := &wsClient{ws: ws}
-	if m := c.read(t, 5*time.Second); m["type"] != "welcome" {
-		t.Fatalf("%s: first message %v, want welcome", url, m)
-	}
-	if err := ws.WriteJSON(map[string]any{"type": "subscribe", "subscription_id": "all", "filters": map[string]any{}}); err != nil {
+	c := dialRaw(t, url)
+	if err := c.ws.WriteJSON(map[string]any{"type": "subscribe", "subscription_id": "all", "filters": map[string]any{}}); err != nil {
 		t.Fatal(err)
 	}
 	if m := c.read(t, 5*time.Second); m["type"] != "subscribed" {

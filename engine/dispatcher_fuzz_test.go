@@ -59,6 +59,7 @@ func FuzzDispatcherCommands(f *testing.F) {
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		cfg := DefaultConfig()
 		cfg.IngestSocket, cfg.AdminListen = "", ""
+		cfg.IOURing = false // stub connections have no socket to hand the kernel
 		cfg.MaxMessageSize = 16 << 20
 		cfg.MaxPendingMessages = 50
 		cfg.MaxPendingBytes = 64 << 10

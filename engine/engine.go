@@ -50,6 +50,8 @@ type Engine struct {
 	loopsMu sync.Mutex
 	loops   map[gnet.EventLoop]*loop
 
+	ringRefused sync.Once // --io-uring refused: said once, not per loop
+
 	gnetEng   gnet.Engine
 	bootedCh  chan struct{}
 	addr      net.Addr
@@ -483,6 +485,9 @@ func (e *Engine) Run(ctx context.Context) error {
 			runErr = fmt.Errorf("stop event loops: %w", err)
 		}
 		<-gnetErr
+	}
+	for _, l := range e.allLoops() {
+		l.closeRing() // the loops have stopped: nothing uses the rings
 	}
 	if admin != nil {
 		shutCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -10,6 +10,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 
 	"github.com/flarecast/flarecast/codec"
+	"github.com/flarecast/flarecast/internal/uring"
 )
 
 // loop is flarecast's state for one gnet event loop.
@@ -43,6 +44,8 @@ type loop struct {
 	resumed []*conn
 	lows    []uint64
 	iov     [][]byte
+	ring    *uring.Ring // --io-uring: a flush's single frames in one io_uring_enter (batchwrite.go)
+	picked  []int       // l.work indexes written through ring
 	scratch []byte
 	echoBuf []byte // echo frames, apart from scratch, which may hold the message
 	// Replies gathered while readInbound runs for replyTo (conn.write).
@@ -61,6 +64,7 @@ func newLoop(eng *Engine, el gnet.EventLoop) *loop {
 	l.flushFn = gnet.RunnableFunc(func(context.Context) error { l.flush(false); return nil })
 	l.retryFn = gnet.RunnableFunc(func(context.Context) error { l.retry(); return nil })
 	l.initUpgrader()
+	l.openRing()
 	return l
 }
 

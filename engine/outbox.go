@@ -128,6 +128,9 @@ func (l *loop) flush(force bool) {
 
 	now := time.Now().UnixNano()
 	var sent, events int
+	if l.ring != nil {
+		sent, events = l.writeBatched(now)
+	}
 	for i := range l.work {
 		s, e := l.write(&l.work[i], force, now)
 		sent += s
@@ -219,22 +222,29 @@ func (l *loop) write(w *flushWork, force bool, now int64) (sent, events int) {
 		} else {
 			_, _ = c.gc.Writev(l.iov)
 		}
-		n := len(l.iov)
-		for _, f := range frames[w.written : w.written+n] {
-			if f.id != 0 {
-				events++
-				l.latency.observe(now - f.accepted)
-			}
-		}
-		w.written += n
-		w.writtenBytes += size
-		sent += n
+		s, e := l.wrote(w, len(l.iov), size, now)
+		sent += s
+		events += e
 		if c.closed {
 			break // the write failed and gnet closed the connection
 		}
 		budget = highWater - c.gc.OutboundBuffered()
 	}
 	return sent, events
+}
+
+// wrote accounts for the next n frames of w, size bytes, handed to the
+// socket (or to gnet's buffer for it).
+func (l *loop) wrote(w *flushWork, n, size int, now int64) (sent, events int) {
+	for _, f := range l.taken[w.start+w.written : w.start+w.written+n] {
+		if f.id != 0 {
+			events++
+			l.latency.observe(now - f.accepted)
+		}
+	}
+	w.written += n
+	w.writtenBytes += size
+	return n, events
 }
 
 // noteWrites tells c's ack ledger the order its frames were written in.

@@ -137,6 +137,7 @@ func newPipelineFixture(b testing.TB, deflateShare float64) *pipelineFixture {
 	cfg := DefaultConfig()
 	cfg.IngestSocket, cfg.AdminListen = "", ""
 	cfg.EventLoops = 2
+	cfg.IOURing = false // stub connections have no socket to hand the kernel
 	eng, err := New(cfg)
 	if err != nil {
 		b.Fatal(err)
