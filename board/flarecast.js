@@ -301,6 +301,8 @@ export class Subscription extends Emitter {
     inForce;
     /** @internal ids in (since, upTo] are checked against seen, not the client's set */
     _redo;
+    /** @internal the subscribed reply's from: the server delivers ids above it; where a new session starts again while nothing was processed */
+    _from;
     /** @internal */
     constructor(client, id, filters, since) {
         super();
@@ -784,7 +786,7 @@ export class FlarecastClient extends Emitter {
             toSend = [];
             for (const s of this.subs.values()) {
                 const p = waiting.get(s);
-                toSend.push({ kind: 'subscribe', sub: s, since: since > 0 ? since : s.since, resolve: p?.resolve ?? (() => s._confirm(undefined)), reject: p?.reject ?? ((e) => this.dropSub(s, e)) });
+                toSend.push({ kind: 'subscribe', sub: s, since: since > 0 ? since : (s._from ?? s.since), resolve: p?.resolve ?? (() => s._confirm(undefined)), reject: p?.reject ?? ((e) => this.dropSub(s, e)) });
             }
             if (since > 0 && hadSession)
                 this.enqueue({ kind: 'fresh', gen: conn.gen, above: since });
@@ -820,8 +822,11 @@ export class FlarecastClient extends Emitter {
                 const i = this.pending.findIndex((r) => r.kind === want && r.sub.id === m.subscription_id);
                 if (i >= 0) {
                     const [r] = this.pending.splice(i, 1);
-                    if (m.type === 'subscribed')
+                    if (m.type === 'subscribed') {
+                        if (typeof m.from === 'number')
+                            r.sub._from = m.from;
                         r.sub._confirm(m.filters);
+                    }
                     r.resolve?.();
                 }
                 break;

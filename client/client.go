@@ -133,10 +133,15 @@ type Subscription struct {
 	id      string
 	filters Filters
 	since   *uint64
-	ch      chan Event
-	done    chan struct{} // closed when the subscription ends
-	endOnce sync.Once
-	err     error
+	// fromPlus1: one more than the message_id after which the server
+	// delivers to this subscription (its subscribed reply's from; 0 until
+	// that came, as from may be 0): where a new session starts it again
+	// while nothing was processed yet.
+	fromPlus1 atomic.Uint64
+	ch        chan Event
+	done      chan struct{} // closed when the subscription ends
+	endOnce   sync.Once
+	err       error
 }
 
 // SubscribeOption modifies a subscription.
@@ -613,6 +618,11 @@ func (c *Client) serve(ctx context.Context, conn *websocket.Conn, w *serverMessa
 			r := &request{kind: reqSubscribe, sub: s, since: s.since}
 			if since > 0 {
 				r.since = &since
+			} else if f := s.fromPlus1.Load(); f > 0 {
+				// Nothing processed yet: from where the old session
+				// delivered this subscription.
+				from := f - 1
+				r.since = &from
 			}
 			if p := waiting[s]; p != nil {
 				r.reply = p.reply
@@ -788,6 +798,9 @@ func (c *Client) serve(ctx context.Context, conn *websocket.Conn, w *serverMessa
 				}
 				for i, r := range *pending {
 					if r.kind == want && r.sub.id == m.SubscriptionID {
+						if want == reqSubscribe {
+							r.sub.fromPlus1.Store(m.From + 1)
+						}
 						*pending = append((*pending)[:i], (*pending)[i+1:]...)
 						if r.reply != nil {
 							r.reply <- nil

@@ -521,3 +521,38 @@ func TestGap(t *testing.T) {
 }
 
 var _ = json.Marshal
+
+// TestSessionLostBeforeAnyEvent: a client whose session expires before it
+// processed any event subscribes again from where its subscription started
+// (the subscribed reply's from), so the events published while it was away
+// still reach it.
+func TestSessionLostBeforeAnyEvent(t *testing.T) {
+	s := startServer(t, func(cfg *engine.Config) {
+		cfg.SessionTimeout, cfg.CleanupInterval = 300*time.Millisecond, 50*time.Millisecond
+	})
+	p := cutproxy.Start(t, s.Addr)
+	newSession := make(chan struct{}, 1)
+	c := dial(t, "ws://"+p.Addr()+"/ws", &client.Options{MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
+		OnState: func(sc client.StateChange) {
+			if sc.NewSession {
+				newSession <- struct{}{}
+			}
+		}})
+	s.publish(t, ev(client.IncidentCreated, client.P1, "")) // before it subscribed: not for it
+	sub := subscribe(t, c, "p1", client.Filters{Severities: []client.Severity{client.P1}})
+
+	p.HoldNew()
+	p.Cut()
+	want := s.publish(t, ev(client.IncidentCreated, client.P1, ""), ev(client.Escalated, client.P1, ""))
+	time.Sleep(600 * time.Millisecond) // past the session timeout and a sweep
+	p.Release()
+	select {
+	case <-newSession:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the client never came back on a new session")
+	}
+	got := []uint64{next(t, sub).MessageID, next(t, sub).MessageID}
+	if !slices.Equal(got, want) {
+		t.Fatalf("after the session was lost, got %v; want the events published meanwhile, %v", got, want)
+	}
+}

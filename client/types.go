@@ -279,5 +279,6 @@ type serverMessage struct {
 	FirstAvailable uint64          `json:"first_available"`
 	Reason         string          `json:"reason"`
 	SubscriptionID string          `json:"subscription_id"`
+	From           uint64          `json:"from"`
 	ExpiresAt      string          `json:"expires_at"`
 }

@@ -46,12 +46,16 @@ func AppendWelcome(dst []byte, sessionID string, now time.Time, resumed bool) []
 }
 
 // AppendSubscribed appends the payload of the subscribed message, with the
-// normalised filters the subscription really uses.
-func AppendSubscribed(dst []byte, subscriptionID string, f *filterindex.Filter) []byte {
+// normalised filters the subscription really uses and from, the message_id
+// after which it delivers: a client that loses its session before it
+// processed anything subscribes again with since = from and misses nothing.
+func AppendSubscribed(dst []byte, subscriptionID string, f *filterindex.Filter, from uint64) []byte {
 	dst = append(dst, `{"type":"subscribed","subscription_id":`...)
 	dst = AppendString(dst, subscriptionID)
 	dst = append(dst, `,"filters":`...)
 	dst = AppendFilter(dst, f)
+	dst = append(dst, `,"from":`...)
+	dst = strconv.AppendUint(dst, from, 10)
 	return append(dst, '}')
 }
 

@@ -77,8 +77,8 @@ func TestSubscribeNormalisesFilters(t *testing.T) {
 	if !reflect.DeepEqual(m["filters"], want) {
 		t.Errorf("subscribed filters\n got %v\nwant %v", m["filters"], want)
 	}
-	if len(m) != 3 {
-		t.Errorf("subscribed has keys %v, want type, subscription_id, filters", mapKeys(m))
+	if len(m) != 4 {
+		t.Errorf("subscribed has keys %v, want type, subscription_id, filters, from", mapKeys(m))
 	}
 
 	// Empty filters: all seven keys, all empty.
@@ -382,4 +382,28 @@ func TestDedupeAcrossSubscriptions(t *testing.T) {
 	}
 	// 3 events to each client plus the fence to each.
 	s.waitMetric(t, "websocket_events_delivered_total", 8)
+}
+
+// The subscribed reply says from where the subscription delivers: the last
+// event dispatched when it was made, or its since.
+func TestSubscribedSaysFrom(t *testing.T) {
+	t.Parallel()
+	s := startServer(t, nil)
+	ids := s.mustPublish(t, ev(`"severity":"P1"`), ev(`"severity":"P2"`), ev(`"severity":"P3"`))
+	c := s.dial(t, "")
+	saysFrom := func(sub map[string]any, want uint64) {
+		t.Helper()
+		if got, _ := sub["from"].(float64); uint64(got) != want {
+			t.Errorf("subscribed %v: from %v, want %d", sub["subscription_id"], sub["from"], want)
+		}
+	}
+	// The dispatcher may not have reached the last event when the
+	// subscription is made; poll until it has.
+	if !pollUntil(5*time.Second, func() bool { return s.metric(t, "websocket_events_broadcast_total") == 3 }) {
+		t.Fatal("the events were not dispatched")
+	}
+	saysFrom(c.subscribe("now", map[string]any{}), ids[2])
+	c.send(map[string]any{"type": "subscribe", "subscription_id": "since", "filters": map[string]any{"severities": []string{"P4"}}, "since": ids[0]})
+	saysFrom(c.expect("subscribed"), ids[0])
+	c.expectSilence(100 * time.Millisecond) // no P4 among them: nothing to backfill
 }

@@ -309,7 +309,7 @@ func (d *dispatcher) subscribe(c *conn, m *codec.ClientMessage) {
 	}
 	sub.sub = d.index.Add(s.slot, &filter)
 	s.subs = append(s.subs, sub)
-	d.reply(c, codec.AppendSubscribed(d.payload[:0], sub.id, &filter))
+	d.reply(c, codec.AppendSubscribed(d.payload[:0], sub.id, &filter, sub.from))
 	if sub.from < d.lastID {
 		// A backfill: events after sub.from are owed again, whatever the
 		// client acked so far.

@@ -428,6 +428,8 @@ export class Subscription extends Emitter<SubscriptionEvents> implements AsyncIt
   private inForce: Filters | undefined;
   /** @internal ids in (since, upTo] are checked against seen, not the client's set */
   _redo: { since: number; upTo: number; seen: SeenSet } | undefined;
+  /** @internal the subscribed reply's from: the server delivers ids above it; where a new session starts again while nothing was processed */
+  _from: number | undefined;
 
   /** @internal */
   constructor(private readonly client: FlarecastClient, readonly id: string, readonly filters: Filters, readonly since: number | undefined) {
@@ -872,7 +874,7 @@ export class FlarecastClient extends Emitter<ClientEvents> {
       toSend = [];
       for (const s of this.subs.values()) {
         const p = waiting.get(s);
-        toSend.push({ kind: 'subscribe', sub: s, since: since > 0 ? since : s.since, resolve: p?.resolve ?? (() => s._confirm(undefined)), reject: p?.reject ?? ((e) => this.dropSub(s, e)) });
+        toSend.push({ kind: 'subscribe', sub: s, since: since > 0 ? since : (s._from ?? s.since), resolve: p?.resolve ?? (() => s._confirm(undefined)), reject: p?.reject ?? ((e) => this.dropSub(s, e)) });
       }
       if (since > 0 && hadSession) this.enqueue({ kind: 'fresh', gen: conn.gen, above: since });
     }
@@ -902,7 +904,10 @@ export class FlarecastClient extends Emitter<ClientEvents> {
         const i = this.pending.findIndex((r) => r.kind === want && r.sub.id === m.subscription_id);
         if (i >= 0) {
           const [r] = this.pending.splice(i, 1);
-          if (m.type === 'subscribed') r!.sub._confirm(m.filters as Filters);
+          if (m.type === 'subscribed') {
+            if (typeof m.from === 'number') r!.sub._from = m.from;
+            r!.sub._confirm(m.filters as Filters);
+          }
           r!.resolve?.();
         }
         break;

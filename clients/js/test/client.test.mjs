@@ -237,6 +237,26 @@ test('a server restart within the session timeout: the session is gone, the clie
   assert.equal(c.stats.restarts, 1);
 });
 
+test('a session lost before any event was processed: the client subscribes again from its subscription\'s start', async (t) => {
+  const s = await new Server(t, ['--session-timeout', '300ms', '--cleanup-interval', '50ms']).start();
+  const p = await new CutProxy(t, s.wsPort).listen();
+  const c = client(t, `ws://${p.addr}/ws`);
+  const states = [];
+  c.on('state', (sc) => states.push(sc));
+  await s.publish([ev('incident_updated', 'P1')]); // before the subscription: not for it
+  const sub = c.subscribe({ severities: ['P1'] });
+  await sub.ready;
+  const got = collect(sub);
+  p.holdNew();
+  p.cut();
+  const away = await s.publish([ev('incident_updated', 'P1'), ev('escalated', 'P1')]);
+  await new Promise((r) => setTimeout(r, 700)); // past the session timeout and a sweep
+  p.release();
+  await waitFor(() => `${got.length} of 2: ${got.map((e) => e.message_id)}`, () => got.length >= 2);
+  assert.deepEqual(got.map((e) => e.message_id), away);
+  assert.ok(states.some((sc) => sc.state === 'live' && sc.newSession), 'a new-session state change');
+});
+
 test('a token about to expire is refreshed through auth on the same connection', async (t) => {
   const secret = 'flarecast-js-client-test-secret-0123456789';
   const dir = mkdtempSync(path.join(os.tmpdir(), 'flarecast-js-'));
