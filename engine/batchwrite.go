@@ -60,9 +60,7 @@ func (l *loop) writeBatched(now int64) (sent, events int) {
 	}
 	res, err := l.ring.Submit()
 	if err != nil {
-		// The ring is unusable: what it did not complete reads
-		// -ECANCELED below and goes through gnet; later flushes use
-		// write(2).
+		// The ring is unusable; later flushes use write(2).
 		l.eng.log.Error("--io-uring: submitting a flush failed; writing with write(2) from now on", "err", err)
 		defer l.closeRing()
 	}
@@ -70,7 +68,13 @@ func (l *loop) writeBatched(now int64) (sent, events int) {
 		w := &l.work[i]
 		c := w.c
 		b := l.taken[w.start].bytesFor(c.deflate)
-		if n := int(res[k]); n < len(b) {
+		switch n := int(res[k]); {
+		case err != nil && n < 0:
+			// Written or not, nobody knows: writing it again could put
+			// the frame on the wire twice, mid-stream. Close instead; the
+			// session resumes from what its acks prove.
+			_ = c.gc.Close()
+		case n < len(b):
 			_, _ = c.gc.Write(b[max(n, 0):])
 		}
 		s, e := l.wrote(w, 1, len(b), now)
