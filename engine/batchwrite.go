@@ -81,6 +81,5 @@ func (l *loop) writeBatched(now int64) (sent, events int) {
 		sent += s
 		events += e
 	}
-	clear(l.picked)
 	return sent, events
 }

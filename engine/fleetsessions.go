@@ -11,7 +11,6 @@ import (
 
 	"github.com/flarecast/flarecast/auth"
 	"github.com/flarecast/flarecast/broker"
-	"github.com/flarecast/flarecast/codec"
 	"github.com/flarecast/flarecast/filterindex"
 )
 
@@ -358,9 +357,6 @@ func (d *dispatcher) released(hexID string) {
 }
 
 func (d *dispatcher) release(s *session) {
-	if old := s.conn; old != nil {
-		d.unbind(s, old)
-		old.loop.closeAsync(old, codec.ReasonSessionTakenOver)
-	}
+	d.takeOver(s)
 	d.drop(s)
 }

@@ -159,14 +159,19 @@ func (d *dispatcher) attachLocal(c *conn, s *session, resumeID string, claims *a
 		d.reply(c, codec.AppendWelcome(d.payload[:0], s.id.String(), now, false))
 		return
 	}
+	d.takeOver(s)
+	d.resume(s, c, now)
+}
+
+// takeOver detaches s's connection, if any, and closes it as taken over.
+// A takeover loses nothing a disconnect would not: the old connection's
+// unacknowledged frames are replayed wherever the session resumes, and it
+// is told why after whatever it was already sent.
+func (d *dispatcher) takeOver(s *session) {
 	if old := s.conn; old != nil {
-		// A takeover loses nothing a disconnect would not: the old
-		// connection's unacknowledged frames are replayed here, and it is
-		// told why after whatever it was already sent.
 		d.unbind(s, old)
 		old.loop.closeAsync(old, codec.ReasonSessionTakenOver)
 	}
-	d.resume(s, c, now)
 }
 
 // refuse answers a connection that named a session of another holder.

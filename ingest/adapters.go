@@ -3,12 +3,10 @@ package ingest
 import (
 	"encoding/json"
 	"errors"
-	"io"
 	"mime"
 	"net/http"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/flarecast/flarecast/adapter"
 	"github.com/flarecast/flarecast/event"
@@ -93,29 +91,17 @@ func (s *HTTPServer) serveAdapter(w http.ResponseWriter, r *http.Request, name s
 			return
 		}
 	}
-	if r.ContentLength > int64(s.MaxBody) {
-		w.Header().Set("Connection", "close")
-		s.fail(w, http.StatusRequestEntityTooLarge, tooLarge(s.MaxBody))
+	body, ok := s.receiveBody(w, r, nil)
+	if !ok {
 		return
 	}
-	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(time.Now().Add(bodyReadTimeout))
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.MaxBody)))
-	if err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			s.fail(w, http.StatusRequestEntityTooLarge, tooLarge(s.MaxBody))
-			return
-		}
-		s.fail(w, http.StatusBadRequest, "reading the body: "+err.Error())
-		return
-	}
-	_ = rc.SetReadDeadline(time.Time{})
 	if signed && !adapter.VerifySignature(a.Config.PagerDuty.Secret, r.Header.Get("X-PagerDuty-Signature"), body) {
 		s.fail(w, http.StatusUnauthorized, "unauthorized: X-PagerDuty-Signature does not match the configured secret")
 		return
 	}
 
 	var items []adapter.Item
+	var err error
 	switch name {
 	case AdapterAlertmanager:
 		items, err = adapter.MapAlerts(body, &a.Config.Alertmanager, false)

@@ -193,32 +193,18 @@ func (s *HTTPServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if r.ContentLength > int64(s.MaxBody) {
-		w.Header().Set("Connection", "close") // the unread body is not worth draining
-		s.fail(w, http.StatusRequestEntityTooLarge, tooLarge(s.MaxBody))
-		return
-	}
-	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(time.Now().Add(bodyReadTimeout))
 	buf := bodyPool.Get().(*[]byte)
 	defer func() {
 		if cap(*buf) <= maxPooledBody {
 			bodyPool.Put(buf)
 		}
 	}()
-	body, err := readBody(http.MaxBytesReader(w, r.Body, int64(s.MaxBody)), (*buf)[:0], r.ContentLength)
+	body, ok := s.receiveBody(w, r, (*buf)[:0])
 	*buf = body[:0]
-	if err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			s.fail(w, http.StatusRequestEntityTooLarge, tooLarge(s.MaxBody))
-			return
-		}
-		s.fail(w, http.StatusBadRequest, "reading the body: "+err.Error())
+	if !ok {
 		return
 	}
-	// The body is in: the reply may now take as long as backpressure
-	// makes it, and a client that goes away cancels r.Context().
-	_ = rc.SetReadDeadline(time.Time{})
+	rc := http.NewResponseController(w)
 
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
@@ -273,6 +259,32 @@ func readBody(r io.Reader, buf []byte, length int64) ([]byte, error) {
 			return buf, err
 		}
 	}
+}
+
+// receiveBody reads r's body, at most MaxBody bytes within bodyReadTimeout,
+// appending to dst. When it cannot, it answers 413 or 400 itself and ok is
+// false. Once the body is in, the read deadline is lifted: the reply may
+// take as long as backpressure makes it, and a client that goes away
+// cancels r.Context().
+func (s *HTTPServer) receiveBody(w http.ResponseWriter, r *http.Request, dst []byte) (body []byte, ok bool) {
+	if r.ContentLength > int64(s.MaxBody) {
+		w.Header().Set("Connection", "close") // the unread body is not worth draining
+		s.fail(w, http.StatusRequestEntityTooLarge, tooLarge(s.MaxBody))
+		return dst, false
+	}
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(bodyReadTimeout))
+	body, err := readBody(http.MaxBytesReader(w, r.Body, int64(s.MaxBody)), dst, r.ContentLength)
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			s.fail(w, http.StatusRequestEntityTooLarge, tooLarge(s.MaxBody))
+		} else {
+			s.fail(w, http.StatusBadRequest, "reading the body: "+err.Error())
+		}
+		return body, false
+	}
+	_ = rc.SetReadDeadline(time.Time{})
+	return body, true
 }
 
 // authorized checks the bearer token against every accepted token in
