@@ -493,6 +493,7 @@ export class FlarecastClient extends Emitter {
     pumping = false;
     seen;
     watch;
+    voidThrough = 0; // new sessions up to this gen made their since before a restart was seen
     gen = 0;
     connProcessed = 0; // highest id processed from connection gen
     maxProcessed = 0; // highest id processed, any connection: since for a new session
@@ -788,7 +789,8 @@ export class FlarecastClient extends Emitter {
                 const p = waiting.get(s);
                 toSend.push({ kind: 'subscribe', sub: s, since: since > 0 ? since : (s._from ?? s.since), resolve: p?.resolve ?? (() => s._confirm(undefined)), reject: p?.reject ?? ((e) => this.dropSub(s, e)) });
             }
-            if (since > 0 && hadSession)
+            // Even with since 0: a new session ends the watch of the one before it.
+            if (hadSession)
                 this.enqueue({ kind: 'fresh', gen: conn.gen, above: since });
         }
         for (const r of toSend) {
@@ -952,13 +954,16 @@ export class FlarecastClient extends Emitter {
                     this.qHead = 0;
                 }
                 if (it.kind === 'fresh') {
-                    this.watch = { gen: it.gen, above: it.above };
+                    this.watch = it.above > 0 && it.gen > this.voidThrough ? { gen: it.gen, above: it.above } : undefined;
                     continue;
                 }
                 const id = it.ev.message_id;
-                if (this.watch && this.watch.gen === it.gen) {
+                // The first event the new session receives on any of its
+                // connections decides: a cut may come before it, and the session
+                // then resumes on a later one.
+                if (this.watch && it.gen >= this.watch.gen) {
                     if (id <= this.watch.above)
-                        this.restarted(it.gen, id, this.watch.above);
+                        this.restarted(id, this.watch.above);
                     this.watch = undefined;
                 }
                 const fresh = this.seen.add(id);
@@ -989,20 +994,24 @@ export class FlarecastClient extends Emitter {
     // restarted: a new session subscribed with since=N got an id ≤ N, so the
     // server's numbering started again (a restarted single server). Forget
     // the old ids and backfill the new server's window with since 0.
-    restarted(gen, firstId, since) {
+    restarted(firstId, since) {
         this.stats.restarts++;
         this.seen.reset();
         this.maxProcessed = 0;
+        // New sessions welcomed until now made their since from the old numbering.
+        this.voidThrough = this.gen;
         for (const s of this.subs.values())
             s._redo = undefined;
         this.emit('restart', { firstId, since });
+        // On the current connection, whichever of the session's connections
+        // the event came on; one that is gone leaves the requests pending, and
+        // the next connection sends them again.
         const conn = this.conn;
-        if (!conn || conn.gen !== gen)
-            return;
         for (const s of this.subs.values()) {
             const r = { kind: 'subscribe', sub: s, since: 0, resolve: () => s._confirm(undefined), reject: (e) => this.dropSub(s, e) };
             this.pending.push(r);
-            this.sendRequest(conn, r);
+            if (conn)
+                this.sendRequest(conn, r);
         }
     }
 }

@@ -352,8 +352,15 @@ func (s *Subscription) sinceMsg(since *uint64) map[string]any {
 func (c *Client) dispatch() {
 	defer close(c.dispDone)
 	seen := newSeenSet(c.opts.DedupWindow)
-	var watchAbove *uint64 // after a new session's since: the first event of its connection (watchGen) tells a restart
+	// After a new session subscribed with since=N, the first event it
+	// receives on any of its connections (gen ≥ watchGen: a cut may come
+	// before that event, and the session then resumes on a later one)
+	// tells whether the server's numbering started again.
+	var watchAbove *uint64
 	var watchGen uint64
+	// A new session welcomed before a restart was seen made its since
+	// from the old numbering: its watch is void (gens ≤ voidThrough).
+	var voidThrough uint64
 	for {
 		var it item
 		select {
@@ -372,15 +379,18 @@ func (c *Client) dispatch() {
 		}
 		switch {
 		case it.fresh:
-			a := it.above
-			watchAbove, watchGen = &a, it.gen
+			watchAbove = nil
+			if it.above > 0 && it.gen > voidThrough {
+				a := it.above
+				watchAbove, watchGen = &a, it.gen
+			}
 			continue
 		case it.close != nil:
 			close(it.close.ch)
 			continue
 		}
 		ev := it.ev
-		if watchAbove != nil && it.gen == watchGen {
+		if watchAbove != nil && it.gen >= watchGen {
 			if ev.MessageID <= *watchAbove {
 				// A new session subscribed with since=N got an id ≤ N: the
 				// server's numbering started again (a restarted single
@@ -388,6 +398,9 @@ func (c *Client) dispatch() {
 				c.log.Info("flarecast: the server's message ids started again", "id", ev.MessageID, "since", *watchAbove)
 				seen.reset()
 				c.maxProcessed.Store(0)
+				c.ackMu.Lock()
+				voidThrough = c.gen
+				c.ackMu.Unlock()
 				select {
 				case c.restarted <- struct{}{}:
 				default:
@@ -629,7 +642,9 @@ func (c *Client) serve(ctx context.Context, conn *websocket.Conn, w *serverMessa
 			}
 			toSend = append(toSend, r)
 		}
-		if since > 0 && hadSession {
+		if hadSession {
+			// Even with since 0: a new session ends the watch of the one
+			// before it.
 			select {
 			case c.deliv <- item{gen: gen, fresh: true, above: since}:
 			case <-ctx.Done():

@@ -394,6 +394,58 @@ func TestServerRestart(t *testing.T) {
 	}
 }
 
+// TestServerRestartThenCut: after a restart the new session's connection
+// is cut before the new server's first event reaches it, so the session
+// resumes on another connection. The first event of the session, on
+// whichever of its connections, still tells the client that the ids
+// started again; before, the watch ended with the connection, and the
+// new server's ids up to the old ones were dropped as duplicates.
+func TestServerRestartThenCut(t *testing.T) {
+	a := startServer(t, nil)
+	p := cutproxy.Start(t, a.Addr)
+	newSession := make(chan struct{}, 1)
+	c := dial(t, "ws://"+p.Addr()+"/ws", &client.Options{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		OnState: func(sc client.StateChange) {
+			if sc.State == client.Live && sc.NewSession {
+				select {
+				case newSession <- struct{}{}:
+				default:
+				}
+			}
+		}})
+	sub := subscribe(t, c, "p", client.Filters{EventTypes: []client.EventType{client.IncidentUpdated}})
+	before := a.publish(t, slices.Repeat([]string{ev(client.IncidentUpdated, client.P1, "")}, 5)...)
+	var got []uint64
+	for range before {
+		got = append(got, next(t, sub).MessageID)
+	}
+	p.HoldNew()
+	p.Cut()
+	a.Stop(t)
+	b := restartOn(t, a.Addr)
+	p.Release()
+	b.WaitMetric(t, "websocket_active_subscriptions", 1)
+	select {
+	case <-newSession:
+	case <-time.After(15 * time.Second):
+		t.Fatal("no new-session state change after the restart")
+	}
+	p.Cut() // before the new server's first event
+	b.WaitMetric(t, `flarecast_session_resumes_total{result="resumed"}`, 1)
+	after := b.publish(t, slices.Repeat([]string{ev(client.IncidentUpdated, client.P2, "")}, 7)...)
+	want := append(slices.Clone(before), after...)
+	for len(got) < len(want) {
+		got = append(got, next(t, sub).MessageID)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	sentinel := b.publish(t, ev(client.IncidentUpdated, client.P1, ""))[0]
+	if e := next(t, sub); e.MessageID != sentinel {
+		t.Fatalf("got %d after the stream, want the sentinel %d", e.MessageID, sentinel)
+	}
+}
+
 var secret = []byte("flarecast-client-test-secret-0123456789")
 
 func token(t *testing.T, sub string, ttl time.Duration) string {

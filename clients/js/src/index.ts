@@ -620,6 +620,7 @@ export class FlarecastClient extends Emitter<ClientEvents> {
   private pumping = false;
   private seen: SeenSet;
   private watch: { gen: number; above: number } | undefined;
+  private voidThrough = 0; // new sessions up to this gen made their since before a restart was seen
   private gen = 0;
   private connProcessed = 0; // highest id processed from connection gen
   private maxProcessed = 0; // highest id processed, any connection: since for a new session
@@ -876,7 +877,8 @@ export class FlarecastClient extends Emitter<ClientEvents> {
         const p = waiting.get(s);
         toSend.push({ kind: 'subscribe', sub: s, since: since > 0 ? since : (s._from ?? s.since), resolve: p?.resolve ?? (() => s._confirm(undefined)), reject: p?.reject ?? ((e) => this.dropSub(s, e)) });
       }
-      if (since > 0 && hadSession) this.enqueue({ kind: 'fresh', gen: conn.gen, above: since });
+      // Even with since 0: a new session ends the watch of the one before it.
+      if (hadSession) this.enqueue({ kind: 'fresh', gen: conn.gen, above: since });
     }
     for (const r of toSend) { this.pending.push(r); this.sendRequest(conn, r); }
 
@@ -1013,10 +1015,16 @@ export class FlarecastClient extends Emitter<ClientEvents> {
       while (this.qHead < this.queue.length && !this.closed) {
         const it = this.queue[this.qHead++]!;
         if (this.qHead > 1024 && this.qHead * 2 > this.queue.length) { this.queue = this.queue.slice(this.qHead); this.qHead = 0; }
-        if (it.kind === 'fresh') { this.watch = { gen: it.gen, above: it.above }; continue; }
+        if (it.kind === 'fresh') {
+          this.watch = it.above > 0 && it.gen > this.voidThrough ? { gen: it.gen, above: it.above } : undefined;
+          continue;
+        }
         const id = it.ev.message_id;
-        if (this.watch && this.watch.gen === it.gen) {
-          if (id <= this.watch.above) this.restarted(it.gen, id, this.watch.above);
+        // The first event the new session receives on any of its
+        // connections decides: a cut may come before it, and the session
+        // then resumes on a later one.
+        if (this.watch && it.gen >= this.watch.gen) {
+          if (id <= this.watch.above) this.restarted(id, this.watch.above);
           this.watch = undefined;
         }
         const fresh = this.seen.add(id);
@@ -1041,18 +1049,22 @@ export class FlarecastClient extends Emitter<ClientEvents> {
   // restarted: a new session subscribed with since=N got an id ≤ N, so the
   // server's numbering started again (a restarted single server). Forget
   // the old ids and backfill the new server's window with since 0.
-  private restarted(gen: number, firstId: number, since: number): void {
+  private restarted(firstId: number, since: number): void {
     this.stats.restarts++;
     this.seen.reset();
     this.maxProcessed = 0;
+    // New sessions welcomed until now made their since from the old numbering.
+    this.voidThrough = this.gen;
     for (const s of this.subs.values()) s._redo = undefined;
     this.emit('restart', { firstId, since });
+    // On the current connection, whichever of the session's connections
+    // the event came on; one that is gone leaves the requests pending, and
+    // the next connection sends them again.
     const conn = this.conn;
-    if (!conn || conn.gen !== gen) return;
     for (const s of this.subs.values()) {
       const r: Request = { kind: 'subscribe', sub: s, since: 0, resolve: () => s._confirm(undefined), reject: (e) => this.dropSub(s, e) };
       this.pending.push(r);
-      this.sendRequest(conn, r);
+      if (conn) this.sendRequest(conn, r);
     }
   }
 }

@@ -237,6 +237,38 @@ test('a server restart within the session timeout: the session is gone, the clie
   assert.equal(c.stats.restarts, 1);
 });
 
+test('a restart, then a cut before the new server\'s first event: the resumed session still sees the restart', async (t) => {
+  // The first event of the new session, on whichever of its connections,
+  // decides; a watch that ended with the connection dropped the new
+  // server's ids up to the old ones as duplicates.
+  const s = await new Server(t).start();
+  const p = await new CutProxy(t, s.wsPort).listen();
+  const c = client(t, `ws://${p.addr}/ws`);
+  const states = [];
+  c.on('state', (sc) => states.push(sc));
+  const sub = c.subscribe({ event_types: ['incident_updated'] });
+  await sub.ready;
+  const got = collect(sub);
+  const before = await s.publish(Array.from({ length: 5 }, () => ev('incident_updated', 'P1')));
+  await waitFor('the first five', () => got.length === 5);
+  p.holdNew();
+  p.cut();
+  await s.restart();
+  p.release();
+  await waitFor('the client subscribed again', async () => (await s.metric('websocket_active_subscriptions')) === 1);
+  await waitFor('a new session', () => states.some((sc) => sc.state === 'live' && sc.newSession));
+  p.cut();
+  await waitFor('the session resumed', async () => (await s.metric('flarecast_session_resumes_total{result="resumed"}')) >= 1);
+  const after = await s.publish(Array.from({ length: 7 }, () => ev('incident_updated', 'P2')));
+  const want = [...before, ...after];
+  await waitFor(() => `${got.length} of ${want.length}: ${got.map((e) => e.message_id)}`, () => got.length >= want.length);
+  assert.deepEqual(got.map((e) => e.message_id), want);
+  const [sentinel] = await s.publish([ev('incident_updated', 'P1')]);
+  await waitFor('the sentinel', () => got.length > want.length);
+  assert.equal(got[want.length].message_id, sentinel, 'nothing (no duplicate) before the sentinel');
+  assert.equal(c.stats.restarts, 1);
+});
+
 test('a session lost before any event was processed: the client subscribes again from its subscription\'s start', async (t) => {
   const s = await new Server(t, ['--session-timeout', '300ms', '--cleanup-interval', '50ms']).start();
   const p = await new CutProxy(t, s.wsPort).listen();
