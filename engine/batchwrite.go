@@ -30,6 +30,7 @@ func (l *loop) openRing() {
 		return
 	}
 	l.ring = r
+	l.eng.metrics.uringLoops.Add(1)
 }
 
 // closeRing releases the loop's ring once the loop has stopped.
@@ -37,6 +38,7 @@ func (l *loop) closeRing() {
 	if l.ring != nil {
 		_ = l.ring.Close()
 		l.ring = nil
+		l.eng.metrics.uringLoops.Add(-1)
 	}
 }
 

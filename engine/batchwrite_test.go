@@ -28,7 +28,11 @@ func TestIOURingDeliversInOrder(t *testing.T) {
 	}
 	stalled, _ := s.dialWelcome(t, "", smallBufferDialer(4096))
 	stalled.subscribe("all", map[string]any{})
-	if n := engine.RingLoops(s.eng); n == 0 {
+	// The gauge operators read says which loops write through the ring.
+	if n := s.metric(t, "flarecast_io_uring_loops"); n != 2 {
+		if n != 0 {
+			t.Fatalf("flarecast_io_uring_loops = %v with 2 event loops", n)
+		}
 		if os.Getenv("CI") == "true" {
 			t.Fatal("io_uring is refused on this machine: the --io-uring path goes untested")
 		}

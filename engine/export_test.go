@@ -52,14 +52,3 @@ func GateDispatcher(e *Engine) *DispatchGate {
 	}
 	return g
 }
-
-// RingLoops counts the event loops that write through io_uring.
-func RingLoops(e *Engine) int {
-	n := 0
-	for _, l := range e.allLoops() {
-		if l.ring != nil {
-			n++
-		}
-	}
-	return n
-}

@@ -23,6 +23,7 @@ type engineMetrics struct {
 	activeSubscriptions atomic.Int64
 	historyLen          atomic.Int64
 	historyFirst        atomic.Int64
+	uringLoops          atomic.Int64 // event loops writing through io_uring
 	lastDispatched      atomic.Uint64
 
 	totalConnections  *metrics.Counter
@@ -143,6 +144,9 @@ func newEngineMetrics() *engineMetrics {
 	s.NewGauge("websocket_active_subscriptions", func() float64 { return float64(m.activeSubscriptions.Load()) })
 	s.NewGauge("flarecast_history_events", func() float64 { return float64(m.historyLen.Load()) })
 	s.NewGauge("flarecast_history_oldest_message_id", func() float64 { return float64(m.historyFirst.Load()) })
+	// 0 with --io-uring on means io_uring was refused here (or a submit
+	// failed): the loops write with write(2), at a higher CPU cost.
+	s.NewGauge("flarecast_io_uring_loops", func() float64 { return float64(m.uringLoops.Load()) })
 	for _, code := range errorCodes {
 		m.errors[code] = s.NewCounter(`websocket_errors_total{code="` + code + `"}`)
 	}

@@ -34,7 +34,7 @@ func serve(args []string) error {
 	fs.Var(sizeValue{&historyBytes}, "history-max-bytes", "memory bound of the history window")
 	fs.Var(boolValue{&cfg.Compression}, "compression", "permessage-deflate for clients that offer it (true|false)")
 	fs.Var(sizeValue{&cfg.CompressionMinSize}, "compression-min-size", "events smaller than this are sent uncompressed")
-	fs.BoolVar(&cfg.IOURing, "io-uring", cfg.IOURing, "write each event loop's flush with one io_uring_enter instead of a write per connection (Linux; falls back to write where io_uring is refused)")
+	fs.BoolVar(&cfg.IOURing, "io-uring", cfg.IOURing, "write each event loop's flush with one io_uring_enter instead of a write per connection (Linux; falls back to write where io_uring is refused; --io-uring=false to write always)")
 	fs.Var(sizeValue{&cfg.MaxMessageSize}, "max-message-size", "largest client message and ingest line")
 	fs.IntVar(&cfg.MaxSubscriptions, "max-subscriptions", cfg.MaxSubscriptions, "subscriptions per session")
 	fs.Var(sizeValue{&cfg.MaxInputRate}, "max-input-rate", "bytes per second one connection may send (4 s burst; a frame counts at least 64 B); more waits (0: off)")
