@@ -34,7 +34,8 @@
 //   - Falls back to since: when the server answers with a new session
 //     (expired, restarted, another fleet instance), every subscription is
 //     made again with since = the highest message_id processed. If the
-//     first event then is at or below that id, the server's numbering
+//     new session's first event (on whichever of its connections, should
+//     it be cut before one arrives) is at or below that id, the numbering
 //     started again (a restarted single server): the client forgets the
 //     old ids and backfills the new server's window with since 0. HISTORY_GAP
 //     answers are reported to OnGap.
