@@ -78,13 +78,43 @@
 // thousands to millions of subscriptions, where the slot array no longer
 // fits in cache.
 //
+// So do most subscriptions with two open predicates, such as {team: X,
+// service: Y} or a label checked because it is broad: when one of the two is
+// a single posting (a label pair, or a field listing one value), the
+// subscription is posted under the other only, and its entries name that
+// single posting as well (a paired entry). Match knows which postings the
+// event's own values selected (it has just looked them up), so it decides a
+// paired entry by comparing posting ids, with no slot and no check against
+// the event; and the single posting's list no longer holds the subscription.
+// If both are single, the lighter is posted. Match leaves the entries it
+// cannot decide alone (paired and counted) to a second pass, which keeps
+// its loop over the lists tight and lets it load the counted ones' slots
+// together, so that their cache misses overlap.
+//
+// # Looking values up
+//
+// Postings are filed in a dict (dict.go), an open-addressing table keyed by
+// (field, value) and (label key, value), rather than in Go maps: a map
+// lookup in a large index costs a cache miss on the group's control word,
+// often one on the slot and one on the key's bytes, which live with the
+// filter that first listed the value. A dict slot is 32 bytes and holds the
+// key itself when key and value together take at most 21 bytes, so a lookup
+// usually costs one miss. Match hashes all the event's values and loads
+// their slots first, then finds their postings, then loads the lists'
+// headers (Index.lists, kept apart from the keys so that they take 24 bytes
+// each), then the first cache lines of every list, and only then walks
+// them: each step's misses are independent and overlap. Values of the
+// enumerated fields that have a bit skip the dict (Index.enumPids). At a
+// million subscriptions, where the index no longer fits in cache, these
+// misses are most of what Match costs.
+//
 // # Posting lists: slices, not roaring bitmaps
 //
 // A posting list is a plain slice of 12-byte entries in arbitrary order.
 // Removal is O(1) per entry: each slot remembers its position in every list
-// it is on, each entry (in a parallel array Match never reads) which of its
-// slot's refs points at it, and Remove swaps the list's last entry into the
-// hole and fixes that entry's ref. Roaring bitmaps of
+// it is on, each entry (in a parallel array Match never reads) its slot and
+// which of that slot's refs points at it, and Remove swaps the list's last
+// entry into the hole and fixes that entry's ref. Roaring bitmaps of
 // slot numbers were measured against this on the same postings (see
 // BenchmarkPostings in roaring_test.go): Match only ever walks whole lists,
 // never intersects them, which a flat slice does at memory speed while

@@ -1,6 +1,10 @@
 package filterindex
 
-import "github.com/flarecast/flarecast/event"
+import (
+	mbits "math/bits"
+
+	"github.com/flarecast/flarecast/event"
+)
 
 // enum is the bit layout of one enumerated field inside a 32-bit mask: one
 // bit per vocabulary value, and a top bit that stands for a value outside the
@@ -10,6 +14,39 @@ type enum struct {
 	unknown uint32            // bit of any other value, "" included
 	all     uint32            // every bit of the field
 	size    int               // values with a bit
+
+	// A perfect hash of the values with a bit, which bit uses instead of
+	// the map: table[hash(v)] is the only value that can hash there. mul
+	// is 0 if none was found.
+	mul   uint64
+	table [1 << enumHashBits]enumSlot
+}
+
+type enumSlot struct {
+	v string
+	b uint32
+}
+
+const enumHashBits = 6
+
+// hash returns v's slot in e.table, from its length and its first and last
+// eight bytes.
+func (e *enum) hash(v string) uint32 {
+	var x uint64
+	if len(v) >= 8 {
+		x = le64(v) ^ mbits.RotateLeft64(le64(v[len(v)-8:]), 29)
+	} else {
+		for i := 0; i < len(v); i++ {
+			x = x<<8 | uint64(v[i])
+		}
+	}
+	return uint32((x ^ uint64(len(v))) * e.mul >> (64 - enumHashBits))
+}
+
+func le64(s string) uint64 {
+	_ = s[7]
+	return uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
+		uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
 }
 
 // enums lays the three enumerated fields out in one uint32: event types in
@@ -34,11 +71,28 @@ func newEnum[T ~string](vocab []T, shift, width uint) enum {
 		e.bits[string(v)] = 1 << (shift + uint(i))
 	}
 	e.size = len(e.bits)
+	for k := uint64(1); k < 4096 && e.mul == 0; k++ {
+		e.mul = k*0x9e3779b97f4a7c15 | 1
+		clear(e.table[:])
+		for v, b := range e.bits {
+			if v == "" || e.table[e.hash(v)].v != "" {
+				e.mul = 0
+				break
+			}
+			e.table[e.hash(v)] = enumSlot{v, b}
+		}
+	}
 	return e
 }
 
 // bit returns the bit of an event's value v.
 func (e *enum) bit(v string) uint32 {
+	if e.mul != 0 {
+		if s := &e.table[e.hash(v)]; s.v == v && v != "" {
+			return s.b
+		}
+		return e.unknown
+	}
 	if b, ok := e.bits[v]; ok {
 		return b
 	}

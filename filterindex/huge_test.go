@@ -108,7 +108,7 @@ func TestHugeFilters(t *testing.T) {
 		ix.Remove(subs[o])
 	}
 	checkInvariants(t, ix)
-	if ix.Len() != 0 || len(ix.labels) != 0 || len(ix.values[fieldIncident]) != 0 || len(ix.values[fieldResource]) != 0 {
+	if ix.Len() != 0 || len(ix.labelsOf()) != 0 || len(ix.valuesOf(fieldIncident)) != 0 || len(ix.valuesOf(fieldResource)) != 0 {
 		t.Fatalf("index not empty after removing everything")
 	}
 }

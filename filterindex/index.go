@@ -3,6 +3,7 @@ package filterindex
 import (
 	"cmp"
 	"math"
+	mbits "math/bits"
 	"slices"
 
 	"github.com/flarecast/flarecast/event"
@@ -57,12 +58,19 @@ const (
 	defaultBroad = 256
 )
 
-// entry is one subscription on one posting list. For a subscription that
-// is decided by this entry alone (k ≤ 1, nothing checked) it carries all
-// Match needs (owner and reject mask); otherwise owner is counted and the
-// slot holds the rest.
+// entry is one subscription on one posting list, in one of three kinds:
+//
+//   - direct (aux 0): the subscription is decided by this entry alone (k ≤
+//     1, nothing checked); it matches when reject lets the event through;
+//   - paired (aux ≠ 0, owner < counted): the same, and the event must also
+//     have the value of posting aux (one label pair or one value of an open
+//     field), which Match knows from the postings it looked up;
+//   - counted (owner counted, aux the slot + 1): the slot holds the rest.
+//
+// Only a counted entry costs Match a random access (its slot). Remove finds
+// an entry's slot in Index.backs.
 type entry struct {
-	slot   uint32
+	aux    uint32
 	owner  uint32
 	reject uint32 // enumerated values the filter excludes; see enums
 }
@@ -87,15 +95,21 @@ type ref struct {
 	pos     uint32
 }
 
+// back says, for one posting entry, which ref points at it: ix.refs[slot][ref].
+type back struct {
+	slot uint32
+	ref  uint32
+}
+
 // posting is the list of subscriptions that list one value. key is what the
-// posting is filed under in its field's map, so that the map entry can be
-// deleted when the list empties (incident ids come and go; their postings
-// must not pile up).
+// posting is filed under in the dict, so that the dict entry can be deleted
+// when the list empties (incident ids come and go; their postings must not
+// pile up).
+// Its entries are in Index.lists.
 type posting struct {
-	entries []entry
-	key     event.Label // Key is set for label postings only
-	field   field
-	checks  uint32 // checked refs to this posting; it lives while > 0
+	key    event.Label // Key is set for label postings only
+	field  field
+	checks uint32 // checked refs to this posting; it lives while > 0
 }
 
 // Index is an inverted index from event values to subscriptions. The zero
@@ -107,15 +121,23 @@ type Index struct {
 	live      int
 
 	postings []posting
+	// lists[pid] is the entries of posting pid: all Match reads of a
+	// posting but its id, 24 bytes apart from the keys, so that the lists'
+	// headers take a third of the cache lines they would in postings.
+	lists [][]entry
 	// backs parallels postings, for Remove only (Match never reads it):
-	// backs[pid][i] is the index, in ix.refs of entry i's slot, of the ref
-	// that points at entry i of posting pid. With it, moving an entry to
-	// fill a hole fixes the entry's ref in O(1), however many refs its
-	// slot has; searching them made Remove quadratic in a filter's size.
-	backs        [][]uint32
+	// backs[pid][i] names entry i's slot and the index, in ix.refs of that
+	// slot, of the ref that points at entry i of posting pid. With it,
+	// moving an entry to fill a hole fixes the entry's ref in O(1), however
+	// many refs its slot has; searching them made Remove quadratic in a
+	// filter's size.
+	backs        [][]back
 	freePostings []uint32
-	values       [numFields]map[string]uint32 // value -> posting id
-	labels       map[string]map[string]uint32 // label key -> value -> posting id
+	dict         dict // (field, value) and (label key, value) -> posting id
+	// enumPids[i] is the posting of the enumerated value whose bit is
+	// 1<<i (see enums), or 0; Match finds those without hashing. They are
+	// in the dict too.
+	enumPids [32]uint32
 
 	// broad is the posting length from which a value is checked rather
 	// than posted; see the package doc.
@@ -129,21 +151,22 @@ type Index struct {
 	// all zero between calls. Grows to cover the highest owner added.
 	ownerSet []uint64
 
-	hits  []hit  // Match's scratch
-	touch uint32 // keeps Match's prefetching loads alive
+	probes []probe  // Match's scratch
+	hits   []hit    // Match's scratch
+	hitIDs []uint32 // the postings of hits, sorted when many; see hasHit
+	later  []later  // the entries walk leaves to settle
+	touch  uint32   // keeps Match's prefetching loads alive
 }
 
 // New returns an empty Index.
 func New() *Index {
 	ix := &Index{
 		postings:  []posting{matchAllPosting: {field: fieldMatchAll}},
-		backs:     make([][]uint32, 1),
-		labels:    make(map[string]map[string]uint32),
+		lists:     make([][]entry, 1),
+		backs:     make([][]back, 1),
+		dict:      newDict(),
 		broad:     defaultBroad,
 		maxPosted: maxPredicates,
-	}
-	for i := range ix.values {
-		ix.values[i] = make(map[string]uint32)
 	}
 	return ix
 }
@@ -219,6 +242,36 @@ func (ix *Index) Add(owner uint32, f *Filter) SubID {
 		need = ix.capPosted(open, need)
 	}
 	checks := len(open) > need
+	// A filter of two open predicates one of which is a single posting (a
+	// label pair, or one value) need not be counted: post it under the
+	// other one only and have Match check that the event's own values
+	// selected that posting (a paired entry). If both were to be posted,
+	// check the single one (the heavier, if both are); if one is checked
+	// already, it must be the single one.
+	var pairWith uint32
+	if len(open) == 2 {
+		if need == 2 {
+			q := -1
+			for i := range open {
+				if open[i].single() && (q < 0 || open[i].weight > open[q].weight) {
+					q = i
+				}
+			}
+			if q >= 0 {
+				open[q].checked = true
+				need, checks = 1, true
+			}
+		}
+		if need == 1 && checks {
+			c := &open[0]
+			if !c.checked {
+				c = &open[1]
+			}
+			if c.single() {
+				pairWith = ix.predPosting(c)
+			}
+		}
+	}
 	if need == 0 && masked {
 		open = append(open, pred{field: anchor, values: lists[anchor]})
 		reject &^= enums[anchor].all
@@ -231,12 +284,12 @@ func (ix *Index) Add(owner uint32, f *Filter) SubID {
 
 	id := ix.allocSlot()
 	sl := slot{owner: owner, reject: reject, need: uint16(need)}
-	e := entry{slot: uint32(id), owner: owner, reject: reject}
+	e := entry{aux: pairWith, owner: owner, reject: reject}
 	if checks {
 		sl.need |= needChecks
 	}
-	if need > 1 || checks {
-		e.owner, e.reject = counted, 0
+	if pairWith == 0 && (need > 1 || checks) {
+		e = entry{aux: uint32(id) + 1, owner: counted}
 	}
 	ix.slots[id] = sl
 	refs := ix.refs[id][:0]
@@ -251,16 +304,16 @@ func (ix *Index) Add(owner uint32, f *Filter) SubID {
 				continue
 			}
 			if p.field == fieldLabel {
-				refs = ix.attach(ix.labelPosting(p.label), e, checked, refs)
+				refs = ix.attach(ix.labelPosting(p.label), id, e, checked, refs)
 				continue
 			}
 			for _, v := range p.values {
-				refs = ix.attach(ix.valuePosting(p.field, v), e, checked, refs)
+				refs = ix.attach(ix.valuePosting(p.field, v), id, e, checked, refs)
 			}
 		}
 	}
 	if need == 0 {
-		refs = ix.attach(matchAllPosting, e, false, refs)
+		refs = ix.attach(matchAllPosting, id, e, false, refs)
 	}
 	ix.refs[id] = refs
 
@@ -301,34 +354,45 @@ type pred struct {
 	checked bool
 }
 
+// single reports whether p is satisfied by exactly one posting.
+func (p *pred) single() bool { return p.field == fieldLabel || len(p.values) == 1 }
+
+// predPosting returns the posting of a single predicate, creating it.
+func (ix *Index) predPosting(p *pred) uint32 {
+	if p.field == fieldLabel {
+		return ix.labelPosting(p.label)
+	}
+	return ix.valuePosting(p.field, p.values[0])
+}
+
 func (ix *Index) fieldWeight(fld field, values []string) int {
-	w, m := 0, ix.values[fld]
+	w := 0
 	for _, v := range values {
-		if pid, ok := m[v]; ok {
-			w += len(ix.postings[pid].entries)
+		if pid := ix.dict.get(fld, "", v, ix.postings); pid != 0 {
+			w += len(ix.lists[pid])
 		}
 	}
 	return w
 }
 
 func (ix *Index) labelWeight(l event.Label) int {
-	if pid, ok := ix.labels[l.Key][l.Value]; ok {
-		return len(ix.postings[pid].entries)
+	if pid := ix.dict.get(fieldLabel, l.Key, l.Value, ix.postings); pid != 0 {
+		return len(ix.lists[pid])
 	}
 	return 0
 }
 
-// attach records that the subscription e names posts under posting pid or,
-// if checked, checks its value.
-func (ix *Index) attach(pid uint32, e entry, checked bool, refs []ref) []ref {
+// attach records that subscription id posts e under posting pid or, if
+// checked, checks its value.
+func (ix *Index) attach(pid uint32, id SubID, e entry, checked bool, refs []ref) []ref {
 	p := &ix.postings[pid]
 	if checked {
 		p.checks++
 		return append(refs, ref{posting: pid, pos: checkedPos})
 	}
-	ix.backs[pid] = append(ix.backs[pid], uint32(len(refs)))
-	refs = append(refs, ref{posting: pid, pos: uint32(len(p.entries))})
-	p.entries = append(p.entries, e)
+	ix.backs[pid] = append(ix.backs[pid], back{slot: uint32(id), ref: uint32(len(refs))})
+	refs = append(refs, ref{posting: pid, pos: uint32(len(ix.lists[pid]))})
+	ix.lists[pid] = append(ix.lists[pid], e)
 	return refs
 }
 
@@ -361,27 +425,34 @@ func (ix *Index) allocSlot() SubID {
 
 // valuePosting returns the posting id of value v of field fld, creating it.
 func (ix *Index) valuePosting(fld field, v string) uint32 {
-	m := ix.values[fld]
-	if pid, ok := m[v]; ok {
+	if pid := ix.dict.get(fld, "", v, ix.postings); pid != 0 {
 		return pid
 	}
 	pid := ix.newPosting(fld, event.Label{Value: v})
-	m[v] = pid
+	ix.dict.put(fld, "", v, pid)
+	if b, ok := enumBit(fld, v); ok {
+		ix.enumPids[mbits.TrailingZeros32(b)] = pid
+	}
 	return pid
+}
+
+// enumBit returns the bit of value v of field fld, if fld is enumerated and
+// v in its vocabulary.
+func enumBit(fld field, v string) (uint32, bool) {
+	if int(fld) >= len(enums) {
+		return 0, false
+	}
+	b, ok := enums[fld].bits[v]
+	return b, ok
 }
 
 // labelPosting returns the posting id of label pair l, creating it.
 func (ix *Index) labelPosting(l event.Label) uint32 {
-	m := ix.labels[l.Key]
-	if pid, ok := m[l.Value]; ok {
+	if pid := ix.dict.get(fieldLabel, l.Key, l.Value, ix.postings); pid != 0 {
 		return pid
 	}
-	if m == nil {
-		m = make(map[string]uint32)
-		ix.labels[l.Key] = m
-	}
 	pid := ix.newPosting(fieldLabel, l)
-	m[l.Value] = pid
+	ix.dict.put(fieldLabel, l.Key, l.Value, pid)
 	return pid
 }
 
@@ -394,6 +465,7 @@ func (ix *Index) newPosting(fld field, key event.Label) uint32 {
 		return pid
 	}
 	ix.postings = append(ix.postings, posting{key: key, field: fld})
+	ix.lists = append(ix.lists, nil)
 	ix.backs = append(ix.backs, nil)
 	return uint32(len(ix.postings) - 1)
 }
@@ -428,30 +500,29 @@ func (ix *Index) Remove(id SubID) {
 // unlink removes the entry r points at by moving the list's last entry into
 // its place and fixing the moved entry's ref, in O(1).
 func (ix *Index) unlink(r ref) {
-	p := &ix.postings[r.posting]
-	back := ix.backs[r.posting]
-	last := uint32(len(p.entries) - 1)
+	es, backs := ix.lists[r.posting], ix.backs[r.posting]
+	last := uint32(len(es) - 1)
 	if r.pos != last {
-		moved := p.entries[last]
-		p.entries[r.pos] = moved
-		back[r.pos] = back[last]
-		ix.refs[moved.slot][back[last]].pos = r.pos
+		es[r.pos] = es[last]
+		b := backs[last]
+		backs[r.pos] = b
+		ix.refs[b.slot][b.ref].pos = r.pos
 	}
-	p.entries = p.entries[:last]
-	ix.backs[r.posting] = back[:last]
+	es = es[:last]
+	ix.lists[r.posting], ix.backs[r.posting] = es, backs[:last]
 
 	if last == 0 {
-		if p.checks == 0 && r.posting != matchAllPosting {
+		if ix.postings[r.posting].checks == 0 && r.posting != matchAllPosting {
 			ix.dropPosting(r.posting)
 		}
 		return
 	}
 	// Give memory back after a mass unsubscribe from a popular value.
-	if cap(p.entries) > 64 && len(p.entries) < cap(p.entries)/4 {
-		p.entries = append(make([]entry, 0, 2*len(p.entries)), p.entries...)
+	if cap(es) > 64 && len(es) < cap(es)/4 {
+		ix.lists[r.posting] = append(make([]entry, 0, 2*len(es)), es...)
 	}
 	if b := ix.backs[r.posting]; cap(b) > 64 && len(b) < cap(b)/4 {
-		ix.backs[r.posting] = append(make([]uint32, 0, 2*len(b)), b...)
+		ix.backs[r.posting] = append(make([]back, 0, 2*len(b)), b...)
 	}
 }
 
@@ -459,25 +530,20 @@ func (ix *Index) unlink(r ref) {
 func (ix *Index) uncheck(pid uint32) {
 	p := &ix.postings[pid]
 	p.checks--
-	if p.checks == 0 && len(p.entries) == 0 {
+	if p.checks == 0 && len(ix.lists[pid]) == 0 {
 		ix.dropPosting(pid)
 	}
 }
 
-// dropPosting deletes an empty posting from its map and recycles its id.
+// dropPosting deletes an empty posting from the dict and recycles its id.
 func (ix *Index) dropPosting(pid uint32) {
 	p := &ix.postings[pid]
-	if p.field == fieldLabel {
-		m := ix.labels[p.key.Key]
-		delete(m, p.key.Value)
-		if len(m) == 0 {
-			delete(ix.labels, p.key.Key)
-		}
-	} else {
-		delete(ix.values[p.field], p.key.Value)
+	ix.dict.remove(p.field, p.key.Key, p.key.Value, pid)
+	if b, ok := enumBit(p.field, p.key.Value); ok {
+		ix.enumPids[mbits.TrailingZeros32(b)] = 0
 	}
-	if cap(p.entries) > 8 {
-		p.entries = nil
+	if cap(ix.lists[pid]) > 8 {
+		ix.lists[pid] = nil
 	}
 	if cap(ix.backs[pid]) > 8 {
 		ix.backs[pid] = nil
@@ -492,50 +558,32 @@ func (ix *Index) dropPosting(pid uint32) {
 func (ix *Index) Match(ev *event.Event, dst []uint32) []uint32 {
 	ix.nextEpoch()
 	start := len(dst)
-	bits := eventBits(ev)
-
-	// Look every value up first, then walk: the lookups are independent,
-	// so their cache misses overlap instead of queueing behind the walks.
-	hits := ix.hits[:0]
-	hits = ix.lookup(hits, fieldType, string(ev.Type))
-	hits = ix.lookup(hits, fieldSeverity, ev.Severity)
-	hits = ix.lookup(hits, fieldState, ev.State)
-	hits = ix.lookup(hits, fieldSource, ev.Source)
-	hits = ix.lookup(hits, fieldIncident, ev.IncidentID)
-	if m := ix.values[fieldResource]; len(m) > 0 {
-		for _, r := range ev.Resources {
-			if pid, ok := m[r]; ok && r != "" {
-				hits = append(hits, hit{pid, resourceSeen})
-			}
-		}
+	hits, bits := ix.lookup(ev)
+	ids := ix.hitIDs[:0]
+	for _, h := range hits {
+		ids = append(ids, h.posting)
 	}
-	if len(ix.labels) > 0 {
-		for i, l := range ev.Labels {
-			// Keys are unique by contract; skipping an exact repeat
-			// keeps a malformed event from counting a pair twice.
-			if i > 0 && l == ev.Labels[i-1] {
-				continue
-			}
-			if pid, ok := ix.labels[l.Key][l.Value]; ok {
-				hits = append(hits, hit{pid, 0})
-			}
-		}
+	if len(ids) > hitScan {
+		slices.Sort(ids)
 	}
-	ix.hits = hits
+	ix.hitIDs = ids
 
-	// Likewise, load the head of every list before walking any.
+	// Load the first cache lines of every list before walking any, so
+	// that their misses overlap.
 	var touch uint32
 	for _, h := range hits {
-		if es := ix.postings[h.posting].entries; len(es) > 0 {
-			touch += es[0].owner
+		es := ix.lists[h.posting]
+		for i := 0; i < len(es) && i < touchEntries; i += entriesPerLine {
+			touch += es[i].owner
 		}
 	}
-	ix.touch = touch
+	ix.touch += touch
 
-	dst = ix.walk(ev, matchAllPosting, 0, bits, dst)
+	dst = ix.walk(matchAllPosting, 0, bits, dst)
 	for _, h := range hits {
-		dst = ix.walk(ev, h.posting, h.once, bits, dst)
+		dst = ix.walk(h.posting, h.once, bits, dst)
 	}
+	dst = ix.settle(ev, bits, dst)
 
 	// Leave the owner set all zero for the next call.
 	for _, o := range dst[start:] {
@@ -547,52 +595,180 @@ func (ix *Index) Match(ev *event.Event, dst []uint32) []uint32 {
 // hit is a posting list that one of the event's values selects.
 type hit struct {
 	posting uint32
-	once    uint16 // see walk
+	once    uint16 // see count
 }
 
-// lookup appends the posting of value v of single-valued field fld, if any.
-func (ix *Index) lookup(hits []hit, fld field, v string) []hit {
-	m := ix.values[fld]
-	if v == "" || len(m) == 0 {
-		return hits
+// probe is one of an event's values to look up.
+type probe struct {
+	k, v string // label key (labels only) and value
+	tag  uint32 // its hash
+	fld  field
+}
+
+// lookup sets ix.hits to the postings of ev's values and returns it, with
+// ev's enumerated values as bits (see eventBits). Values in the enumerated
+// vocabularies are found in ix.enumPids; the others it hashes and touches
+// their home slots first, then looks each up, then touches their postings:
+// the lookups are independent, so their cache misses overlap instead of
+// queueing behind one another.
+func (ix *Index) lookup(ev *event.Event) ([]hit, uint32) {
+	d := &ix.dict
+	hits := ix.hits[:0]
+	ps := ix.probes[:0]
+	var bits uint32
+	for fld, v := range [...]string{fieldType: string(ev.Type), fieldSeverity: ev.Severity, fieldState: ev.State} {
+		e := &enums[fld]
+		b := e.bit(v)
+		bits |= b
+		if b != e.unknown {
+			if pid := ix.enumPids[mbits.TrailingZeros32(b)]; pid != 0 {
+				hits = append(hits, hit{pid, 0})
+			}
+		} else {
+			ps = d.probe(ps, field(fld), v)
+		}
 	}
-	if pid, ok := m[v]; ok {
-		hits = append(hits, hit{pid, 0})
+	ps = d.probe(ps, fieldSource, ev.Source)
+	ps = d.probe(ps, fieldIncident, ev.IncidentID)
+	if d.perField[fieldResource] > 0 {
+		for _, r := range ev.Resources {
+			ps = d.probe(ps, fieldResource, r)
+		}
 	}
-	return hits
+	if d.perField[fieldLabel] > 0 {
+		for i, l := range ev.Labels {
+			// Keys are unique by contract; skipping an exact repeat
+			// keeps a malformed event from counting a pair twice.
+			if i > 0 && l == ev.Labels[i-1] {
+				continue
+			}
+			ps = append(ps, probe{k: l.Key, v: l.Value, fld: fieldLabel})
+		}
+	}
+	ix.probes = ps
+
+	var touch uint32
+	slots := d.slots
+	for i := range ps {
+		p := &ps[i]
+		p.tag = d.hash(p.fld, p.k, p.v)
+		touch += slots[d.home(p.tag)].pid
+	}
+	for i := range ps {
+		p := &ps[i]
+		if pid := d.find(p.tag, p.fld, p.k, p.v, ix.postings); pid != 0 {
+			once := uint16(0)
+			if p.fld == fieldResource {
+				once = resourceSeen
+			}
+			hits = append(hits, hit{pid, once})
+		}
+	}
+	lists := ix.lists
+	for _, h := range hits {
+		touch += uint32(len(lists[h.posting]))
+	}
+	ix.hits, ix.touch = hits, touch
+	return hits, bits
+}
+
+// probe appends value v of single-valued field fld, unless it is empty or no
+// filter restricts fld.
+func (d *dict) probe(ps []probe, fld field, v string) []probe {
+	if v == "" || d.perField[fld] == 0 {
+		return ps
+	}
+	return append(ps, probe{v: v, fld: fld})
+}
+
+// Match loads one entry in entriesPerLine of the first touchEntries of
+// each list (three or four cache lines) before it walks any: enough for the
+// short lists of narrow values, whose misses the hardware prefetcher does
+// not hide. More cost more than they saved when measured.
+const (
+	entriesPerLine = 64 / 12
+	touchEntries   = 16
+)
+
+// hitScan is the most postings hasHit scans; beyond it, it searches them
+// sorted.
+const hitScan = 16
+
+// hasHit reports whether posting pid is among ids, the postings of the
+// event's values (sorted if there are more than hitScan).
+func hasHit(ids []uint32, pid uint32) bool {
+	if len(ids) > hitScan {
+		return hasHitSorted(ids, pid)
+	}
+	for i := range ids {
+		if ids[i] == pid {
+			return true
+		}
+	}
+	return false
+}
+
+// hasHitSorted is apart from hasHit so that hasHit is inlined.
+//
+//go:noinline
+func hasHitSorted(ids []uint32, pid uint32) bool {
+	_, ok := slices.BinarySearch(ids, pid)
+	return ok
 }
 
 // walk visits every entry of posting pid. A direct entry matches when its
-// reject mask lets the event's enumerated values (bits) through. Any other
-// adds a hit to its slot's counter and matches when the count reaches k, the
-// slot's mask lets the event through and its checked predicates hold; once
-// (resourceSeen or 0) makes a slot count at most once per event for this
-// kind of posting.
-func (ix *Index) walk(ev *event.Event, pid uint32, once uint16, bits uint32, dst []uint32) []uint32 {
-	ep := ix.epoch
-	slots, set := ix.slots, ix.ownerSet
-	for _, e := range ix.postings[pid].entries {
+// reject mask lets the event's enumerated values (bits) through; the others
+// it leaves to settle, with once, so that its own loop stays tight.
+func (ix *Index) walk(pid uint32, once uint16, bits uint32, dst []uint32) []uint32 {
+	set := ix.ownerSet
+	for _, e := range ix.lists[pid] {
+		if e.aux != 0 {
+			ix.later = append(ix.later, later{e, once})
+			continue
+		}
+		if e.reject&bits != 0 {
+			continue
+		}
+		if o, w := e.owner, &set[e.owner>>6]; *w&(1<<(o&63)) == 0 {
+			*w |= 1 << (o & 63)
+			dst = append(dst, o)
+		}
+	}
+	return dst
+}
+
+// later is an entry walk left to settle, and the once of its posting.
+type later struct {
+	e    entry
+	once uint16
+}
+
+// settle decides the entries walk left: a paired one matches when its mask
+// lets the event through and its other posting is among ix.hitIDs (the
+// postings of the event's values); a counted one as count says. It loads
+// the counted ones' slots first, so that their cache misses overlap.
+func (ix *Index) settle(ev *event.Event, bits uint32, dst []uint32) []uint32 {
+	ls := ix.later
+	if len(ls) == 0 {
+		return dst
+	}
+	var touch uint32
+	for i := range ls {
+		if ls[i].e.owner == counted {
+			touch += ix.slots[ls[i].e.aux-1].epoch
+		}
+	}
+	ix.touch += touch
+	set := ix.ownerSet
+	for i := range ls {
+		e := ls[i].e
 		o := e.owner
 		if o == counted {
-			sl := &slots[e.slot]
-			if sl.epoch != ep {
-				sl.epoch, sl.hits = ep, 0
-			}
-			if sl.hits&once != 0 {
+			var ok bool
+			if o, ok = ix.count(ev, e.aux-1, ls[i].once, bits); !ok {
 				continue
 			}
-			sl.hits = (sl.hits | once) + 1
-			if sl.hits&^resourceSeen != sl.need&^needChecks || sl.reject&bits != 0 {
-				continue
-			}
-			o = sl.owner
-			if set[o>>6]&(1<<(o&63)) != 0 {
-				continue // already reported: spare the check
-			}
-			if sl.need&needChecks != 0 && !ix.verify(e.slot, ev) {
-				continue
-			}
-		} else if e.reject&bits != 0 {
+		} else if e.reject&bits != 0 || !hasHit(ix.hitIDs, e.aux) {
 			continue
 		}
 		if w, b := &set[o>>6], uint64(1)<<(o&63); *w&b == 0 {
@@ -600,7 +776,34 @@ func (ix *Index) walk(ev *event.Event, pid uint32, once uint16, bits uint32, dst
 			dst = append(dst, o)
 		}
 	}
+	ix.later = ls[:0]
 	return dst
+}
+
+// count adds a hit to slot id's counter and returns its owner if that
+// makes the subscription match: the count reaches k, the slot's mask lets
+// the event through and its checked predicates hold. once (resourceSeen or
+// 0) makes a slot count at most once per event for this kind of posting.
+func (ix *Index) count(ev *event.Event, id uint32, once uint16, bits uint32) (uint32, bool) {
+	sl := &ix.slots[id]
+	if sl.epoch != ix.epoch {
+		sl.epoch, sl.hits = ix.epoch, 0
+	}
+	if sl.hits&once != 0 {
+		return 0, false
+	}
+	sl.hits = (sl.hits | once) + 1
+	if sl.hits&^resourceSeen != sl.need&^needChecks || sl.reject&bits != 0 {
+		return 0, false
+	}
+	o := sl.owner
+	if ix.ownerSet[o>>6]&(1<<(o&63)) != 0 {
+		return 0, false // already reported: spare the check
+	}
+	if sl.need&needChecks != 0 && !ix.verify(id, ev) {
+		return 0, false
+	}
+	return o, true
 }
 
 // verify reports whether ev satisfies the checked predicates of slot id:

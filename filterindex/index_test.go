@@ -118,9 +118,9 @@ func TestEnumeratedFieldsMasked(t *testing.T) {
 
 	// The enumerated-only subscription is posted under its narrowest field
 	// (one of 14 types), not its severity or state.
-	if _, ok := ix.values[fieldType]["escalated"]; !ok || len(ix.values[fieldSeverity]) != 1 || len(ix.values[fieldState]) != 0 {
+	if _, ok := ix.valuesOf(fieldType)["escalated"]; !ok || len(ix.valuesOf(fieldSeverity)) != 1 || len(ix.valuesOf(fieldState)) != 0 {
 		t.Fatalf("postings: types %v, severities %v, states %v",
-			ix.values[fieldType], ix.values[fieldSeverity], ix.values[fieldState])
+			ix.valuesOf(fieldType), ix.valuesOf(fieldSeverity), ix.valuesOf(fieldState))
 	}
 }
 
@@ -149,10 +149,10 @@ func TestBroadValuesAreChecked(t *testing.T) {
 		ids = append(ids, ix.Add(100+team, &Filter{Sources: []string{"datadog"}, Resources: []string{fmt.Sprint("r", team)}}))
 	}
 	ix.Add(200, &Filter{Labels: []event.Label{prod}}) // nothing else to post under
-	if n := len(ix.postings[ix.labels["env"]["prod"]].entries); n > 3+1 {
+	if n := len(ix.lists[ix.labelsOf()["env"]["prod"]]); n > 3+1 {
 		t.Fatalf("env=prod posting has %d entries, want at most broad+1", n)
 	}
-	if n := len(ix.postings[ix.values[fieldSource]["datadog"]].entries); n > 3 {
+	if n := len(ix.lists[ix.valuesOf(fieldSource)["datadog"]]); n > 3 {
 		t.Fatalf("datadog posting has %d entries, want at most broad", n)
 	}
 	checkInvariants(t, ix)
@@ -172,8 +172,8 @@ func TestBroadValuesAreChecked(t *testing.T) {
 		ix.Remove(id)
 	}
 	checkInvariants(t, ix)
-	if len(ix.values[fieldSource]) != 0 || len(ix.labels["team"]) != 0 || len(ix.labels["env"]) != 1 {
-		t.Fatalf("postings left behind: sources %v, labels %v", ix.values[fieldSource], ix.labels)
+	if len(ix.valuesOf(fieldSource)) != 0 || len(ix.labelsOf()["team"]) != 0 || len(ix.labelsOf()["env"]) != 1 {
+		t.Fatalf("postings left behind: sources %v, labels %v", ix.valuesOf(fieldSource), ix.labelsOf())
 	}
 }
 
@@ -226,14 +226,14 @@ func TestRemove(t *testing.T) {
 	if got := owners(t, ix, ev); len(got) != 0 || ix.Len() != 0 {
 		t.Fatalf("after removing all: %v, Len %d", got, ix.Len())
 	}
-	// Empty postings are gone from the maps, so churn does not leak.
-	for fld, m := range ix.values {
-		if len(m) != 0 {
+	// Empty postings are gone from the dict, so churn does not leak.
+	for fld := range numFields {
+		if m := ix.valuesOf(fld); len(m) != 0 {
 			t.Errorf("field %d still has %d values", fld, len(m))
 		}
 	}
-	if len(ix.labels) != 0 {
-		t.Errorf("%d label postings left", len(ix.labels))
+	if len(ix.labelsOf()) != 0 {
+		t.Errorf("%d label postings left", len(ix.labelsOf()))
 	}
 }
 

@@ -2,6 +2,7 @@ package filterindex
 
 import (
 	"fmt"
+	"math/bits"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -11,16 +12,17 @@ import (
 
 // Small vocabularies, so that random filters and events often meet. The
 // enumerated fields include values outside event's vocabularies, which the
-// index counts instead of masking.
+// index counts instead of masking; an incident id and a label value are too
+// long for a dict slot to hold.
 var (
 	vocTypes     = []string{"incident_created", "incident_updated", "escalated", "alert_received", "system_event", "custom"}
 	vocSeverity  = []string{"P0", "P1", "P2", "P3", "P4", "P9"}
 	vocStates    = []string{"Detected", "Triaged", "Investigating", "Resolved", ""}
 	vocSources   = []string{"pagerduty", "datadog", "grafana"}
 	vocResources = []string{"db-1", "db-2", "api-1", "api-2", "cache", "queue", "lb", ""}
-	vocIncidents = []string{"INC-1", "INC-2", "INC-3", "INC-4", "INC-5", "INC-6"}
+	vocIncidents = []string{"INC-1", "INC-2", "INC-3", "INC-4", "INC-5", "INC-long-enough-not-to-fit-a-dict-slot"}
 	vocLabelKeys = []string{"env", "team", "region"}
-	vocLabelVals = []string{"a", "b", "c", ""}
+	vocLabelVals = []string{"a", "b", "c", "", "a-value-too-long-for-a-dict-slot"}
 )
 
 // pickSome returns 1..max distinct-or-not values of voc (duplicates are left
@@ -126,9 +128,19 @@ func checkInvariants(t *testing.T, ix *Index) {
 		}
 		live++
 		sl := ix.slots[id]
-		want := entry{slot: uint32(id), owner: sl.owner, reject: sl.reject}
-		if sl.need != 0 && sl.need != 1 {
-			want = entry{slot: uint32(id), owner: counted}
+		var checkedRefs []ref
+		for _, r := range ix.refs[id] {
+			if r.pos == checkedPos {
+				checkedRefs = append(checkedRefs, r)
+			}
+		}
+		want := entry{owner: sl.owner, reject: sl.reject}
+		switch {
+		case sl.need == 0 || sl.need == 1: // direct
+		case sl.need == 1|needChecks && len(checkedRefs) == 1: // paired
+			want.aux = checkedRefs[0].posting
+		default:
+			want = entry{aux: uint32(id) + 1, owner: counted}
 		}
 		hasChecked := false
 		for _, r := range ix.refs[id] {
@@ -141,7 +153,7 @@ func checkInvariants(t *testing.T, ix *Index) {
 				t.Fatalf("slot %d: posted ref after a checked one: %v", id, ix.refs[id])
 			}
 			posted++
-			if e := ix.postings[r.posting].entries[r.pos]; e != want {
+			if e := ix.lists[r.posting][r.pos]; e != want {
 				t.Fatalf("slot %d %+v: ref %+v points at %+v", id, sl, r, e)
 			}
 		}
@@ -153,32 +165,55 @@ func checkInvariants(t *testing.T, ix *Index) {
 		t.Fatalf("live %d, Len %d, free %d, slots %d", live, ix.Len(), len(ix.freeSlots), len(ix.slots))
 	}
 	entries, inUse := 0, 0
-	if len(ix.backs) != len(ix.postings) {
+	if len(ix.backs) != len(ix.postings) || len(ix.lists) != len(ix.postings) {
 		t.Fatalf("%d backs for %d postings", len(ix.backs), len(ix.postings))
 	}
 	for pid, p := range ix.postings {
-		entries += len(p.entries)
-		if len(ix.backs[pid]) != len(p.entries) {
-			t.Fatalf("posting %d: %d entries, %d backs", pid, len(p.entries), len(ix.backs[pid]))
+		es := ix.lists[pid]
+		entries += len(es)
+		if len(ix.backs[pid]) != len(es) {
+			t.Fatalf("posting %d: %d entries, %d backs", pid, len(es), len(ix.backs[pid]))
 		}
-		for i, e := range p.entries {
-			if b := ix.backs[pid][i]; int(b) >= len(ix.refs[e.slot]) || ix.refs[e.slot][b] != (ref{posting: uint32(pid), pos: uint32(i)}) {
-				t.Fatalf("posting %d entry %d (slot %d): back %d does not point at its ref", pid, i, e.slot, b)
+		for i := range es {
+			if b := ix.backs[pid][i]; int(b.slot) >= len(ix.refs) || int(b.ref) >= len(ix.refs[b.slot]) ||
+				ix.refs[b.slot][b.ref] != (ref{posting: uint32(pid), pos: uint32(i)}) {
+				t.Fatalf("posting %d entry %d: back %+v does not point at its ref", pid, i, b)
 			}
 		}
 		if p.checks != checks[uint32(pid)] {
 			t.Fatalf("posting %d (%+v) counts %d checks, refs say %d", pid, p.key, p.checks, checks[uint32(pid)])
 		}
-		if pid != matchAllPosting && (len(p.entries) > 0 || p.checks > 0) {
+		if pid != matchAllPosting && (len(es) > 0 || p.checks > 0) {
 			inUse++
 		}
 	}
 	mapped := 0
-	for _, m := range ix.labels {
-		mapped += len(m)
+	for _, s := range ix.dict.slots {
+		if s.pid == 0 {
+			continue
+		}
+		mapped++
+		p := &ix.postings[s.pid]
+		if s.fld != p.field || ix.dict.get(p.field, p.key.Key, p.key.Value, ix.postings) != s.pid {
+			t.Fatalf("dict slot %+v does not find posting %d (%+v, field %d)", s, s.pid, p.key, p.field)
+		}
 	}
-	for _, m := range ix.values {
-		mapped += len(m)
+	for i, pid := range ix.enumPids {
+		if pid == 0 {
+			continue
+		}
+		p := &ix.postings[pid]
+		if b, ok := enumBit(p.field, p.key.Value); !ok || b != 1<<i || ix.dict.get(p.field, "", p.key.Value, ix.postings) != pid {
+			t.Fatalf("enumPids[%d] = %d: posting %+v (field %d)", i, pid, p.key, p.field)
+		}
+	}
+	for _, s := range ix.dict.slots {
+		if b, ok := enumBit(s.fld, ix.postings[s.pid].key.Value); s.pid != 0 && ok && ix.enumPids[bits.TrailingZeros32(b)] != s.pid {
+			t.Fatalf("posting %d (%+v) not in enumPids", s.pid, ix.postings[s.pid].key)
+		}
+	}
+	if mapped != ix.dict.n {
+		t.Fatalf("dict holds %d, counts %d", mapped, ix.dict.n)
 	}
 	if posted != entries || mapped != inUse {
 		t.Fatalf("posted refs %d vs posting entries %d; mapped %d vs postings in use %d",
@@ -282,7 +317,7 @@ func propertyRun(t *testing.T, seed uint64, broad, maxPosted int) {
 		remove(len(subs) - 1)
 	}
 	checkInvariants(t, ix)
-	if ix.Len() != 0 || len(ix.labels) != 0 {
+	if ix.Len() != 0 || ix.dict.n != 0 {
 		t.Fatalf("index not empty after removing everything: Len %d", ix.Len())
 	}
 	check()

@@ -28,10 +28,10 @@ type roaringPostings struct {
 func newRoaringPostings(ix *Index) *roaringPostings {
 	rp := &roaringPostings{bitmaps: make([]*roaring.Bitmap, len(ix.postings))}
 	var slots []uint32
-	for pid, p := range ix.postings {
+	for pid := range ix.postings {
 		slots = slots[:0]
-		for _, e := range p.entries {
-			slots = append(slots, e.slot)
+		for _, b := range ix.backs[pid][:len(ix.lists[pid])] {
+			slots = append(slots, b.slot)
 		}
 		bm := roaring.BitmapOf(slots...)
 		bm.RunOptimize()
@@ -45,24 +45,7 @@ func newRoaringPostings(ix *Index) *roaringPostings {
 func (rp *roaringPostings) match(ix *Index, ev *event.Event, dst []uint32) []uint32 {
 	ix.nextEpoch()
 	start := len(dst)
-	bits := eventBits(ev)
-	hits := ix.hits[:0]
-	hits = ix.lookup(hits, fieldType, string(ev.Type))
-	hits = ix.lookup(hits, fieldSeverity, ev.Severity)
-	hits = ix.lookup(hits, fieldState, ev.State)
-	hits = ix.lookup(hits, fieldSource, ev.Source)
-	hits = ix.lookup(hits, fieldIncident, ev.IncidentID)
-	for _, r := range ev.Resources {
-		if pid, ok := ix.values[fieldResource][r]; ok {
-			hits = append(hits, hit{pid, resourceSeen})
-		}
-	}
-	for _, l := range ev.Labels {
-		if pid, ok := ix.labels[l.Key][l.Value]; ok {
-			hits = append(hits, hit{pid, 0})
-		}
-	}
-	ix.hits = hits
+	hits, bits := ix.lookup(ev)
 	dst = rp.walk(ix, ev, matchAllPosting, 0, bits, dst)
 	for _, h := range hits {
 		dst = rp.walk(ix, ev, h.posting, h.once, bits, dst)
@@ -180,8 +163,8 @@ func BenchmarkPostings(b *testing.B) {
 	for _, n := range []int{100_000, 1_000_000} {
 		ix, events := compareWorkload(n)
 		var sliceBytes int
-		for _, p := range ix.postings {
-			sliceBytes += cap(p.entries) * 12
+		for _, es := range ix.lists {
+			sliceBytes += cap(es) * 12
 		}
 		before := liveHeap()
 		rp := newRoaringPostings(ix)
