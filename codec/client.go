@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"sync"
 
 	"github.com/bytedance/sonic"
 
@@ -104,8 +105,9 @@ type ClientMessage struct {
 // Memory is then a small multiple of len(data) (the decoder copies what it
 // parses), never a multiple of its number of values or members.
 func DecodeClientMessage(data []byte, lim Limits) (*ClientMessage, *MessageError) {
-	var w wireMessage
-	if err := jsonAPI.Unmarshal(data, &w); err != nil {
+	w := wirePool.Get().(*wireMessage)
+	defer putWire(w)
+	if err := jsonAPI.Unmarshal(data, w); err != nil {
 		if len(bytes.TrimSpace(data)) > 0 && bytes.TrimSpace(data)[0] != '{' {
 			return nil, invalid("message must be a JSON object")
 		}
@@ -113,7 +115,7 @@ func DecodeClientMessage(data []byte, lim Limits) (*ClientMessage, *MessageError
 	}
 	m := &ClientMessage{}
 	var err *MessageError
-	if m.Type, err = requiredString(w.Type, "type"); err != nil {
+	if m.Type, err = messageType(w.Type); err != nil {
 		return nil, err
 	}
 	switch m.Type {
@@ -124,7 +126,7 @@ func DecodeClientMessage(data []byte, lim Limits) (*ClientMessage, *MessageError
 		if w.Filters == nil || isNull(w.Filters) {
 			return nil, invalid("missing required field %q", "filters")
 		}
-		if m.Filter, err = decodeFilter(w.Filters, "filters", lim.maxFilterValues()); err != nil {
+		if err = decodeFilter(&m.Filter, w.Filters, "filters", lim.maxFilterValues()); err != nil {
 			return nil, err
 		}
 		if w.Since != nil && !isNull(w.Since) {
@@ -179,6 +181,27 @@ type wireMessage struct {
 	Token          sonic.NoCopyRawMessage `json:"token"`
 }
 
+// The wire structs are pooled: each is 168 bytes of slice headers, which
+// the decoder's interface makes escape, and two of them per subscribe, freed
+// at once, were most of the garbage a connection leaves in the 176-byte size
+// class, where its own state is allocated (the density preset: holes in
+// half-empty spans cost more than the structs themselves). A struct goes
+// back zeroed, holding no reference to the message.
+var (
+	wirePool       = sync.Pool{New: func() any { return new(wireMessage) }}
+	wireFilterPool = sync.Pool{New: func() any { return new(wireFilter) }}
+)
+
+func putWire(w *wireMessage) {
+	*w = wireMessage{}
+	wirePool.Put(w)
+}
+
+func putWireFilter(w *wireFilter) {
+	*w = wireFilter{}
+	wireFilterPool.Put(w)
+}
+
 // wireFilter is a filters object's members as raw JSON, like wireMessage.
 type wireFilter struct {
 	EventTypes  sonic.NoCopyRawMessage `json:"event_types"`
@@ -220,20 +243,23 @@ func knownFilterKey(key []byte) bool {
 // sets no limit on the number of values: it is for trusted input (a token's
 // scope); DecodeClientMessage applies Limits to a client's.
 func DecodeFilter(raw []byte, name string) (filterindex.Filter, *MessageError) {
-	return decodeFilter(raw, name, math.MaxInt)
+	var f filterindex.Filter
+	err := decodeFilter(&f, raw, name, math.MaxInt)
+	return f, err
 }
 
-// decodeFilter is DecodeFilter refusing, with LIMIT_EXCEEDED, a filter of
-// more than maxValues values (list entries and label pairs, as listed). It
-// counts them in the raw JSON before decoding any list.
-func decodeFilter(raw []byte, name string, maxValues int) (filterindex.Filter, *MessageError) {
-	var f filterindex.Filter
-	var w wireFilter
-	if len(raw) == 0 || raw[0] != '{' || jsonAPI.Unmarshal(raw, &w) != nil {
-		return f, invalid("%q must be an object", name)
+// decodeFilter is DecodeFilter into f (what it holds on error is
+// unspecified), refusing, with LIMIT_EXCEEDED, a filter of more than
+// maxValues values (list entries and label pairs, as listed). It counts
+// them in the raw JSON before decoding any list.
+func decodeFilter(f *filterindex.Filter, raw []byte, name string, maxValues int) *MessageError {
+	w := wireFilterPool.Get().(*wireFilter)
+	defer putWireFilter(w)
+	if len(raw) == 0 || raw[0] != '{' || jsonAPI.Unmarshal(raw, w) != nil {
+		return invalid("%q must be an object", name)
 	}
 	if key, ok := unknownKey(raw); ok {
-		return f, invalid("unknown filter key %q", name+"."+key)
+		return invalid("unknown filter key %q", name+"."+key)
 	}
 	if maxValues < math.MaxInt {
 		// Shapes are checked below; counting a value of the wrong shape
@@ -243,34 +269,33 @@ func decodeFilter(raw []byte, name string, maxValues int) (filterindex.Filter, *
 			if values > maxValues {
 				break
 			}
-			values += countMembers(k.raw(&w), maxValues-values)
+			values += countMembers(k.raw(w), maxValues-values)
 		}
 		if values > maxValues {
-			return f, &MessageError{Code: CodeLimitExceeded, Message: fmt.Sprintf(
+			return &MessageError{Code: CodeLimitExceeded, Message: fmt.Sprintf(
 				"%q may list at most %d values in all (max-filter-values)", name, maxValues)}
 		}
 	}
 	for _, k := range filterKeys {
-		raw := k.raw(&w)
+		raw := k.raw(w)
 		if raw == nil || isNull(raw) {
 			continue
 		}
-		key := name + "." + k.key
-		var values []string
-		if raw[0] != '[' || jsonAPI.Unmarshal(raw, &values) != nil {
-			return f, invalid("%q must be an array of strings", key)
+		values, plain := plainStrings(raw)
+		if !plain && (raw[0] != '[' || jsonAPI.Unmarshal(raw, &values) != nil) {
+			return invalid("%q must be an array of strings", name+"."+k.key)
 		}
 		for _, v := range values {
 			if v == "" || (k.valid != nil && !k.valid(v)) {
-				return f, invalid("%q has an invalid value %q", key, v)
+				return invalid("%q has an invalid value %q", name+"."+k.key, v)
 			}
 		}
-		*k.list(&f) = values
+		*k.list(f) = values
 	}
 	if raw := w.Labels; raw != nil && !isNull(raw) {
 		var labels map[string]string
 		if raw[0] != '{' || jsonAPI.Unmarshal(raw, &labels) != nil {
-			return f, invalid("%q must be an object of strings", name+".labels")
+			return invalid("%q must be an object of strings", name+".labels")
 		}
 		for k, v := range labels {
 			f.Labels = append(f.Labels, event.Label{Key: k, Value: v})
@@ -278,7 +303,7 @@ func decodeFilter(raw []byte, name string, maxValues int) (filterindex.Filter, *
 		sort.Slice(f.Labels, func(i, j int) bool { return f.Labels[i].Key < f.Labels[j].Key })
 	}
 	f.Normalize()
-	return f, nil
+	return nil
 }
 
 // unknownKey returns the first member key of the JSON object obj (which the
@@ -396,14 +421,103 @@ func requiredString(raw []byte, key string) (string, *MessageError) {
 	if raw == nil || isNull(raw) {
 		return "", invalid("missing required field %q", key)
 	}
-	var s string
-	if raw[0] != '"' || jsonAPI.Unmarshal(raw, &s) != nil {
+	s, plain := plainString(raw)
+	if !plain && (raw[0] != '"' || jsonAPI.Unmarshal(raw, &s) != nil) {
 		return "", invalid("%q must be a string", key)
 	}
 	if s == "" {
 		return "", invalid("%q must not be empty", key)
 	}
 	return s, nil
+}
+
+// plainString returns the JSON string raw decoded, when it is printable
+// ASCII without escapes (as ids and filter values mostly are): what the
+// decoder would return, without its three allocations. ok is false for
+// anything else, which the decoder then reads.
+func plainString(raw []byte) (s string, ok bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return "", false
+	}
+	body := raw[1 : len(raw)-1]
+	if !plainBytes(body) {
+		return "", false
+	}
+	return string(body), true
+}
+
+func plainBytes(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
+// plainStrings is plainString for a non-empty JSON array of such strings:
+// the list the decoder would return, allocated once at its length. ok is
+// false for anything else (escapes, other bytes or values, an empty
+// array), which the decoder then reads.
+func plainStrings(raw []byte) (values []string, ok bool) {
+	if len(raw) < 2 || raw[0] != '[' {
+		return nil, false
+	}
+	skip := func(i int) int {
+		for i < len(raw) && (raw[i] == ' ' || raw[i] == '\t' || raw[i] == '\n' || raw[i] == '\r') {
+			i++
+		}
+		return i
+	}
+	// First pass: check the shape and count; second: copy.
+	n := 0
+	for i := skip(1); ; {
+		if i >= len(raw) || raw[i] != '"' {
+			return nil, false
+		}
+		end := i + 1 + bytes.IndexByte(raw[i+1:], '"')
+		if end <= i || !plainBytes(raw[i+1:end]) {
+			return nil, false
+		}
+		n++
+		i = skip(end + 1)
+		if i < len(raw) && raw[i] == ',' {
+			i = skip(i + 1)
+			continue
+		}
+		if i != len(raw)-1 || raw[i] != ']' {
+			return nil, false
+		}
+		break
+	}
+	values = make([]string, 0, n)
+	for i := skip(1); len(values) < n; {
+		end := i + 1 + bytes.IndexByte(raw[i+1:], '"')
+		values = append(values, string(raw[i+1:end]))
+		i = skip(end + 1)
+		if raw[i] == ',' {
+			i = skip(i + 1)
+		}
+	}
+	return values, true
+}
+
+// messageType is requiredString(raw, "type"), with no allocation for a
+// type the protocol knows written without escapes (every message has one).
+func messageType(raw []byte) (string, *MessageError) {
+	switch string(raw) { // no allocation
+	case `"` + TypeSubscribe + `"`:
+		return TypeSubscribe, nil
+	case `"` + TypeUnsubscribe + `"`:
+		return TypeUnsubscribe, nil
+	case `"` + TypePing + `"`:
+		return TypePing, nil
+	case `"` + TypeAck + `"`:
+		return TypeAck, nil
+	case `"` + TypeAuth + `"`:
+		return TypeAuth, nil
+	}
+	return requiredString(raw, "type")
 }
 
 func decodeUint(raw []byte, key string) (uint64, *MessageError) {

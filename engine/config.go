@@ -106,6 +106,11 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// EventLoops is the number of gnet event loops (default: GOMAXPROCS).
 	EventLoops int
+	// ReturnMemory gives the heap's free pages back to the OS once a burst
+	// of connections opening or closing has settled (memory.go): a
+	// process-wide debug.FreeOSMemory, at most every 10 s. Embedders that
+	// manage the process's memory themselves may turn it off.
+	ReturnMemory bool
 	// Board serves the live incident board (a self-contained page, package
 	// board) at GET / on the admin listener.
 	Board bool
@@ -169,6 +174,7 @@ func DefaultConfig() Config {
 		MaxInputRate:       256 << 10,
 		HandshakeTimeout:   10 * time.Second,
 		EventLoops:         runtime.GOMAXPROCS(0),
+		ReturnMemory:       true,
 		Board:              true,
 		MaxHeaderSize:      8 << 10,
 	}
@@ -199,6 +205,9 @@ func (c *Config) Validate() error {
 	positive("broadcast-capacity", c.BroadcastCapacity)
 	positive("max-message-size", c.MaxMessageSize)
 	positive("max-subscriptions", c.MaxSubscriptions)
+	if c.MaxSubscriptions > maxSessionSubs {
+		errs = append(errs, fmt.Errorf("max-subscriptions must be at most %d, got %d", maxSessionSubs, c.MaxSubscriptions))
+	}
 	positive("event-loops", c.EventLoops)
 	errs = append(errs, c.validateSecurity()...)
 	errs = append(errs, c.validateIngestHTTP()...)

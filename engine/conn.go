@@ -27,8 +27,9 @@ type conn struct {
 	loop *loop
 
 	// The flags come first and together: an idle connection costs its
-	// struct's size class (208 bytes), and padding between scattered
-	// bools would cost a class more.
+	// struct's size class (176 bytes), and padding between scattered
+	// bools would cost a class more. What few connections need is apart,
+	// in rare.
 
 	// Owned by the loop goroutine.
 	state       connState
@@ -54,25 +55,78 @@ type conn struct {
 	// applied yet (maxCommandsInFlight).
 	inflight atomic.Int32
 
+	// Guarded by loop.mu: gnet's outbound buffer after the last flush (the
+	// dispatcher cannot ask gnet). An int32, in what would be padding: a
+	// flush stops adding to that buffer once it holds highWater bytes, so
+	// only a forced flush at shutdown could pass 2 GiB; it saturates.
+	outbound int32
+
 	// Owned by the loop goroutine.
-	openedAt    int64        // engine clock (monotonic ns) at accept
-	lastSeen    int64        // engine clock at the last frame from the client
-	lingerUntil int64        // closing after a takeover: close at this engine clock at the latest; 0 if not
-	frag        *fragment    // a fragmented data message being reassembled; nil when none
-	prev, next  *conn        // loop.conns
-	rateTAT     int64        // rate limit bucket (GCRA): ns after openedAt
-	inputTAT    int64        // input rate bucket (GCRA, allowInput): ns after openedAt
-	auth        *auth.Claims // the token's claims; nil without --auth jwt
-	peer        *peerCount   // this connection's client address count; nil when not counted
+	openedAt   int64        // engine clock (monotonic ns) at accept
+	lastSeen   int64        // engine clock at the last frame from the client
+	prev, next *conn        // loop.conns
+	inputTAT   int64        // input rate bucket (GCRA, allowInput): ns after openedAt
+	auth       *auth.Claims // the token's claims; nil without --auth jwt
+	rare       *connRare    // nil unless one of its fields is set
 
 	// Guarded by loop.mu: the queue the dispatcher fills and flush drains.
 	queue       []*outFrame // in the order queued: message_id order, but for backfills
 	queuedBytes int         // the bytes this connection writes for the frames in queue
-	outbound    int         // gnet's outbound buffer after the last flush (the dispatcher cannot ask gnet)
 	acks        ackLedger   // the resume point this connection's acks prove
 
 	// Owned by the dispatcher goroutine.
 	sess *session
+}
+
+// connRare is the state few connections need, kept apart so that the
+// others do not pay for it: 32 bytes where a connection has any of it,
+// instead of 32 more in every connection's struct (two size classes more).
+// Owned by the loop goroutine.
+type connRare struct {
+	frag        *fragment  // a fragmented data message being reassembled; nil when none
+	peer        *peerCount // this connection's client address count (--max-connections-per-ip); nil when not counted
+	lingerUntil int64      // closing after a takeover: close at this engine clock at the latest; 0 if not
+	rateTAT     int64      // --rate-limit's bucket (GCRA, allowMessage): ns after openedAt
+}
+
+// more returns c's rare state, making it if c has none.
+func (c *conn) more() *connRare {
+	if c.rare == nil {
+		c.rare = &connRare{}
+	}
+	return c.rare
+}
+
+// fragment returns the fragmented message c is reassembling, or nil.
+func (c *conn) fragment() *fragment {
+	if c.rare == nil {
+		return nil
+	}
+	return c.rare.frag
+}
+
+// setFragment sets (or, with nil, ends) the message being reassembled;
+// ending it lets the rare state go when nothing else is in it.
+func (c *conn) setFragment(f *fragment) {
+	if f != nil {
+		c.more().frag = f
+		return
+	}
+	if r := c.rare; r != nil {
+		r.frag = nil
+		if *r == (connRare{}) {
+			c.rare = nil
+		}
+	}
+}
+
+// lingerUntil is the engine clock by which c, closing after a takeover,
+// closes at the latest; 0 if it is not lingering.
+func (c *conn) lingerUntil() int64 {
+	if c.rare == nil {
+		return 0
+	}
+	return c.rare.lingerUntil
 }
 
 // fragment is a data message arriving in several frames: the only time a
@@ -100,6 +154,7 @@ func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	c := &conn{gc: gc, loop: l, openedAt: now, lastSeen: now}
 	gc.SetContext(c)
 	l.conns.add(c)
+	h.eng.churn.Add(1)
 	return nil, gnet.None
 }
 
@@ -110,10 +165,11 @@ func (h *handler) OnClose(gc gnet.Conn, err error) gnet.Action {
 	}
 	l := c.loop
 	l.conns.remove(c)
+	h.eng.churn.Add(1)
 	// gnet gives the connection's buffers back to its pools after this
 	// callback: nothing may read or write them from now on.
 	c.closed = true
-	c.frag = nil
+	c.setFragment(nil)
 	l.release(c)
 	c.releaseSlot()
 	if !c.upgraded {
@@ -198,7 +254,7 @@ func (c *conn) closeAfterDrain(reason string, code ws.StatusCode, closeReason st
 		_ = c.gc.Close()
 		return
 	}
-	c.lingerUntil = c.eng().clock() + int64(lingerTimeout)
+	c.more().lingerUntil = c.eng().clock() + int64(lingerTimeout)
 	c.loop.wait(c)
 }
 

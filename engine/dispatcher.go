@@ -49,8 +49,8 @@ type dispatcher struct {
 	index   *filterindex.Index
 	history *ring.History[*outFrame]
 
-	sessions   map[sessionID]*session
-	slots      []*session // by session slot (filter index owner)
+	sessions   sessionTable // by id (sessiontable.go)
+	slots      []*session   // by session slot (filter index owner); nil: free
 	freeSlots  []uint32
 	replaying  []*session // sessions whose replay pump has work
 	replayTurn int        // which of them goes first this round (pumpReplays)
@@ -70,6 +70,9 @@ type dispatcher struct {
 
 	pending []command // taken from cmds, not applied yet (commandBudget)
 
+	// subIDs interns subscription ids (internSubID).
+	subIDs map[string]*string
+
 	// Scratch reused for every event: the hot path allocates only the frame
 	// it shares between connections.
 	owners   []uint32
@@ -83,12 +86,11 @@ type dispatcher struct {
 
 func newDispatcher(eng *Engine) *dispatcher {
 	d := &dispatcher{
-		eng:      eng,
-		cfg:      &eng.cfg,
-		ring:     ring.New[*event.Event](eng.cfg.BroadcastCapacity, 1),
-		index:    filterindex.New(),
-		history:  ring.NewHistory[*outFrame](eng.cfg.HistorySize, eng.cfg.HistoryMaxBytes),
-		sessions: make(map[sessionID]*session),
+		eng:     eng,
+		cfg:     &eng.cfg,
+		ring:    ring.New[*event.Event](eng.cfg.BroadcastCapacity, 1),
+		index:   filterindex.New(),
+		history: ring.NewHistory[*outFrame](eng.cfg.HistorySize, eng.cfg.HistoryMaxBytes),
 	}
 	d.cmds.signal = make(chan struct{}, 1)
 	d.onEvent = d.ringEvent

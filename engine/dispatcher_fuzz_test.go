@@ -168,8 +168,10 @@ func FuzzDispatcherCommands(f *testing.F) {
 			}
 			step()
 			subs := 0
-			for _, s := range d.sessions {
-				subs += len(s.subs)
+			for _, s := range d.slots {
+				if s != nil {
+					subs += len(s.subList())
+				}
 			}
 			if got := d.index.Len(); got != subs {
 				t.Fatalf("index holds %d subscriptions, sessions %d", got, subs)

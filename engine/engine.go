@@ -58,7 +58,8 @@ type Engine struct {
 	adminAddr net.Addr
 	httpAddr  net.Addr // the HTTP ingest listener's, once Run opened it
 	stopping  atomic.Bool
-	started   time.Time // the engine clock's zero
+	started   time.Time     // the engine clock's zero
+	churn     atomic.Uint64 // connections opened plus connections closed (memory.go)
 
 	// The rate limiters' buckets, derived once from cfg (limits.go).
 	rateInterval, rateTolerance int64
@@ -371,6 +372,9 @@ func (e *Engine) Run(ctx context.Context) error {
 		return fmt.Errorf("WebSocket listener %s: %w", e.cfg.Listen, err)
 	}
 	go e.housekeeper(hkCtx)
+	if e.cfg.ReturnMemory {
+		go e.returnMemory(hkCtx)
+	}
 	tailCtx, stopTail := context.WithCancel(context.Background())
 	defer stopTail()
 	tailDone := make(chan struct{})

@@ -199,20 +199,22 @@ type storedSession struct {
 // (subID, enc) or none (subID "").
 func (d *dispatcher) syncSession(s *session, point, sent uint64, subID string, enc []byte) {
 	var holder []byte
-	if s.stored == nil {
-		holder = encodeHolder(s.auth)
-		s.stored = &storedSession{}
+	st := s.stored()
+	if st == nil {
+		holder = encodeHolder(s.claims())
+		st = &storedSession{}
+		s.more().stored = st
 	}
-	s.stored.point, s.stored.at = point, time.Now().UnixNano()
+	st.point, st.at = point, time.Now().UnixNano()
 	d.sync.queue(s.id.String(), point, sent, holder, subID, enc)
 }
 
 // syncSubscription queues a change to one subscription of s, attached to c.
 func (d *dispatcher) syncSubscription(s *session, c *conn, subID string, enc []byte) {
 	c.loop.mu.Lock()
-	point, written := c.acks.point, c.acks.maxWritten
+	point, written := c.acks.point, c.acks.maxWritten // written: at least what earlier connections were (bind)
 	c.loop.mu.Unlock()
-	d.syncSession(s, point, max(s.highestSent, written), subID, enc)
+	d.syncSession(s, point, written, subID, enc)
 }
 
 // syncAcks queues the acked positions of attached sessions that moved since
@@ -221,16 +223,20 @@ func (d *dispatcher) syncSubscription(s *session, c *conn, subID string, enc []b
 // the timeout).
 func (d *dispatcher) syncAcks(now time.Time) {
 	refreshBefore := now.UnixNano() - int64(d.sync.ttl/3)
-	for _, s := range d.sessions {
+	for _, s := range d.slots {
+		if s == nil {
+			continue
+		}
 		c := s.conn
-		if c == nil || s.stored == nil {
+		st := s.stored()
+		if c == nil || st == nil {
 			continue
 		}
 		c.loop.mu.Lock()
 		point, written := c.acks.point, c.acks.maxWritten
 		c.loop.mu.Unlock()
-		if point != s.stored.point || s.stored.at < refreshBefore {
-			d.syncSession(s, point, max(s.highestSent, written), "", nil)
+		if point != st.point || st.at < refreshBefore {
+			d.syncSession(s, point, written, "", nil)
 		}
 	}
 }
@@ -298,7 +304,7 @@ func (d *dispatcher) restore(r *claimRequest) {
 		return // c went away meanwhile; the session stays in the store
 	}
 	delete(d.claiming, c)
-	local := d.sessions[id]
+	local := d.session(id)
 	rec, err := r.Record, r.Err
 	switch {
 	case errors.Is(err, broker.ErrSessionHolder):
@@ -329,11 +335,11 @@ func (d *dispatcher) restore(r *claimRequest) {
 		d.eng.metrics.sessionsMoved.Inc()
 	}
 	s := d.newSessionNamed(id)
-	s.auth = r.claims
+	s.setClaims(r.claims)
 	// What the old connection was sent is known only up to the last sync:
 	// acks up to anything the fleet may have sent it are treated as stale.
-	s.resumePoint, s.highestSent = rec.Resume, max(rec.Sent, d.lastID, d.eng.broker.Newest())
-	s.stored = &storedSession{point: rec.Resume, at: time.Now().UnixNano()}
+	s.parked = &parked{resumePoint: rec.Resume, highestSent: max(rec.Sent, d.lastID, d.eng.broker.Newest())}
+	s.more().stored = &storedSession{point: rec.Resume, at: time.Now().UnixNano()}
 	for subID, enc := range rec.Subs {
 		var st storedSub
 		if err := sonic.Unmarshal(enc, &st); err != nil {
@@ -341,7 +347,11 @@ func (d *dispatcher) restore(r *claimRequest) {
 			continue
 		}
 		st.Filter.Normalize()
-		s.subs = append(s.subs, subscription{id: subID, from: st.From, sub: d.index.Add(s.slot, &st.Filter)})
+		if s.nsubs == maxSessionSubs {
+			d.eng.log.Error("skipping stored subscriptions past what a session holds", "session", id, "max", maxSessionSubs)
+			break
+		}
+		s.setSubs(append(s.subList(), subscription{id: d.internSubID(subID), from: st.From, sub: d.index.Add(s.slot, &st.Filter)}))
 	}
 	d.resume(s, c, r.now)
 }
@@ -351,7 +361,7 @@ func (d *dispatcher) restore(r *claimRequest) {
 func (d *dispatcher) released(hexID string) {
 	if id, ok := parseSessionID(hexID); !ok {
 		return
-	} else if s := d.sessions[id]; s != nil {
+	} else if s := d.session(id); s != nil {
 		d.release(s)
 	}
 }

@@ -74,7 +74,26 @@ func (f *outFrame) size() int {
 }
 
 // controlFrame builds a control message (welcome, subscribed, error…) for
-// one connection. These are rare; they are not compressed.
+// one connection. These are rare; they are not compressed. One that fits
+// ctlInline is a single allocation, frame and bytes (inlineFrame): every
+// connection's welcome and subscribed replies would otherwise leave two
+// 80-byte outFrames of garbage in the size class its session lives in,
+// and garbage interleaved with live objects leaves their spans half empty
+// once collected (the density preset).
 func controlFrame(payload []byte) *outFrame {
+	if n := codec.HeaderSize(len(payload)) + len(payload); n <= ctlInline {
+		f := &inlineFrame{}
+		f.lane = laneCritical
+		f.plain = codec.AppendFrame(f.buf[:0:n], codec.OpText, payload)
+		return &f.outFrame
+	}
 	return &outFrame{lane: laneCritical, plain: codec.TextFrame(payload)}
 }
+
+// inlineFrame is a control frame with room for its bytes.
+type inlineFrame struct {
+	outFrame
+	buf [ctlInline]byte
+}
+
+const ctlInline = 176 // with the outFrame: the 256-byte size class

@@ -228,7 +228,10 @@ func (c *conn) admit(hs *handshake) refusal {
 		if r.status != 0 {
 			return r
 		}
-		c.limited, c.peer = true, peer
+		c.limited = true
+		if peer != nil {
+			c.more().peer = peer
+		}
 	}
 	if cfg.Auth != nil {
 		token := hs.bearer

@@ -238,14 +238,16 @@ func (c *conn) chargeInput(n int, now int64) {
 }
 
 // allowMessage applies the rate limit to one client message and reports
-// whether to handle it. The bucket is GCRA: one int64 per connection, the
+// whether to handle it. The bucket is GCRA: one int64 per connection (in
+// its rare state: the limit is off by default), the
 // "theoretical arrival time" of the next message relative to openedAt (a
 // monotonic reading, taken from lastSeen, which readFrame has just set).
 func (c *conn) allowMessage() bool {
 	eng := c.eng()
 	interval, tolerance := eng.rateInterval, eng.rateTolerance
 	now := c.lastSeen - c.openedAt
-	tat := max(c.rateTAT, now)
+	r := c.more()
+	tat := max(r.rateTAT, now)
 	if tat-now > tolerance {
 		m := eng.metrics
 		if c.rateStrikes++; c.rateStrikes >= rateStrikesToClose {
@@ -261,7 +263,7 @@ func (c *conn) allowMessage() bool {
 	if tat-now <= tolerance/2 {
 		c.rateStrikes = 0 // the bucket was at least half full: the client slowed down
 	}
-	c.rateTAT = tat + interval
+	r.rateTAT = tat + interval
 	return true
 }
 
@@ -269,6 +271,10 @@ func (c *conn) allowMessage() bool {
 func (c *conn) releaseSlot() {
 	if c.limited {
 		c.limited = false
-		c.eng().limits.release(c.peer)
+		var peer *peerCount
+		if c.rare != nil {
+			peer = c.rare.peer
+		}
+		c.eng().limits.release(peer)
 	}
 }

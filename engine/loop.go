@@ -99,8 +99,8 @@ func (l *loop) retry() {
 	for _, c := range list {
 		switch {
 		case c.closed:
-		case c.lingerUntil != 0:
-			if c.gc.OutboundBuffered() == 0 || mono > c.lingerUntil {
+		case c.lingerUntil() != 0:
+			if c.gc.OutboundBuffered() == 0 || mono > c.lingerUntil() {
 				_ = c.gc.Close()
 			} else {
 				l.wait(c)
@@ -131,7 +131,7 @@ func (l *loop) release(c *conn) (point, maxWritten uint64) {
 func (l *loop) pendingOf(c *conn) (frames, bytes int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return len(c.queue), c.queuedBytes + c.outbound
+	return len(c.queue), c.queuedBytes + int(c.outbound)
 }
 
 // closeAsync closes c from any goroutine, telling the client why after

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"math"
 	"slices"
 	"time"
 )
@@ -61,7 +62,7 @@ func (l *loop) enqueue(ds []delivery) {
 			continue
 		}
 		size := len(d.f.bytesFor(c.deflate))
-		if c.backlog && (len(c.queue) >= cfg.MaxPendingMessages || c.outbound+c.queuedBytes+size > cfg.MaxPendingBytes) {
+		if c.backlog && (len(c.queue) >= cfg.MaxPendingMessages || int(c.outbound)+c.queuedBytes+size > cfg.MaxPendingBytes) {
 			// The socket does not drain and the backlog is full. What the
 			// connection misses is replayed if its client resumes.
 			c.slow = true
@@ -155,9 +156,9 @@ func (l *loop) flush(force bool) {
 		} else if len(c.queue) == 0 {
 			c.queue = shrink(c.queue)
 		}
-		c.outbound = c.gc.OutboundBuffered()
+		c.outbound = int32(min(c.gc.OutboundBuffered(), math.MaxInt32))
 		if c.backlog {
-			if len(c.queue) > cfg.MaxPendingMessages || c.outbound+c.queuedBytes > cfg.MaxPendingBytes {
+			if len(c.queue) > cfg.MaxPendingMessages || int(c.outbound)+c.queuedBytes > cfg.MaxPendingBytes {
 				c.slow = true
 				l.slow = append(l.slow, c)
 			} else {

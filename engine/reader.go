@@ -161,10 +161,12 @@ func (c *conn) readFrame(b []byte) int {
 	if errors.Is(err, codec.ErrShortHeader) || errors.Is(err, codec.ErrShortFrame) {
 		return 0
 	}
-	var perr *codec.ProtocolError
-	if errors.As(err, &perr) {
-		c.fail(perr.Code, perr.Reason)
-		return len(b)
+	if err != nil { // perr escapes: declared here, it is allocated only for an error
+		var perr *codec.ProtocolError
+		if errors.As(err, &perr) {
+			c.fail(perr.Code, perr.Reason)
+			return len(b)
+		}
 	}
 	c.chargeInput(n, now)
 	c.lastSeen = now
@@ -209,8 +211,9 @@ func (c *conn) data(h codec.Header, payload []byte) {
 		c.fail(ws.StatusProtocolError, "reserved bits set without a negotiated extension")
 		return
 	}
+	frag := c.fragment()
 	if h.OpCode == codec.OpContinuation {
-		if c.frag == nil {
+		if frag == nil {
 			c.fail(ws.StatusProtocolError, "continuation frame without a message to continue")
 			return
 		}
@@ -218,25 +221,24 @@ func (c *conn) data(h codec.Header, payload []byte) {
 			c.fail(ws.StatusProtocolError, "RSV1 set on a continuation frame")
 			return
 		}
-		if len(c.frag.data)+len(payload) > cfg.MaxMessageSize {
+		if len(frag.data)+len(payload) > cfg.MaxMessageSize {
 			c.fail(ws.StatusMessageTooBig, "message exceeds max-message-size")
 			return
 		}
-		c.frag.data = append(c.frag.data, payload...)
+		frag.data = append(frag.data, payload...)
 		if h.Fin {
-			f := c.frag
-			c.frag = nil
-			c.message(f.op, f.data, f.deflated)
+			c.setFragment(nil)
+			c.message(frag.op, frag.data, frag.deflated)
 		}
 		return
 	}
-	if c.frag != nil {
+	if frag != nil {
 		c.fail(ws.StatusProtocolError, "new data frame inside a fragmented message")
 		return
 	}
 	if !h.Fin {
-		c.frag = &fragment{op: h.OpCode, deflated: compressed,
-			data: append(make([]byte, 0, len(payload)*2), payload...)}
+		c.setFragment(&fragment{op: h.OpCode, deflated: compressed,
+			data: append(make([]byte, 0, len(payload)*2), payload...)})
 		return
 	}
 	c.message(h.OpCode, payload, compressed)

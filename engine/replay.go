@@ -187,9 +187,9 @@ func (d *dispatcher) gap(g gapRange) {
 	d.gaps = append(d.gaps, gapRange{})
 	copy(d.gaps[i+1:], d.gaps[i:])
 	d.gaps[i] = g
-	for _, s := range d.sessions {
+	for _, s := range d.slots {
 		// A replaying session hears of it from its pump, in order.
-		if s.conn != nil && s.replayNext == 0 {
+		if s != nil && s.conn != nil && s.replayNext == 0 {
 			d.noteGap(s.conn, g)
 		}
 	}
