@@ -44,3 +44,17 @@ func TestRateBucket(t *testing.T) {
 		t.Errorf("Validate with rate-limit 1e-300: %v", err)
 	}
 }
+
+// A session counts its subscriptions in 16 bits: a larger limit is refused
+// at start rather than capped without a word.
+func TestMaxSubscriptionsBound(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.MaxSubscriptions = maxSessionSubs
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("Validate with max-subscriptions %d: %v", maxSessionSubs, err)
+	}
+	cfg.MaxSubscriptions = maxSessionSubs + 1
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "max-subscriptions must be at most") {
+		t.Fatalf("Validate with max-subscriptions %d: %v", maxSessionSubs+1, err)
+	}
+}
