@@ -337,60 +337,86 @@ done:
 	t.Logf("%d events, %d cuts, %v resumes", len(got), cuts, s.Metric(t, `flarecast_session_resumes_total{result="resumed"}`))
 }
 
+// restarted is the start of the restart tests: a client reaching the
+// server through a cut proxy, subscribed to incident_updated, received
+// five events; then the proxy reset its connection and held new ones while
+// the server restarted on the same port (b). The proxy resets before the
+// old engine stops: a server-side close would leave the port in
+// TIME_WAIT, which the engine's listener cannot bind over.
+type restarted struct {
+	b      *server
+	p      *cutproxy.Proxy
+	sub    *client.Subscription
+	before []uint64 // the old server's five, as received
+
+	mu     sync.Mutex
+	states []client.StateChange
+}
+
+func restartBehindProxy(t *testing.T) *restarted {
+	a := startServer(t, nil)
+	r := &restarted{p: cutproxy.Start(t, a.Addr)}
+	c := dial(t, "ws://"+r.p.Addr()+"/ws", &client.Options{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		OnState: func(sc client.StateChange) { r.mu.Lock(); r.states = append(r.states, sc); r.mu.Unlock() }})
+	r.sub = subscribe(t, c, "p", client.Filters{EventTypes: []client.EventType{client.IncidentUpdated}})
+	published := a.publish(t, slices.Repeat([]string{ev(client.IncidentUpdated, client.P1, "")}, 5)...)
+	for range published {
+		r.before = append(r.before, next(t, r.sub).MessageID)
+	}
+	if !slices.Equal(r.before, published) {
+		t.Fatalf("got %v, want %v", r.before, published)
+	}
+	r.p.HoldNew()
+	r.p.Cut()
+	a.Stop(t)
+	r.b = restartOn(t, a.Addr)
+	return r
+}
+
+// newSession reports whether the client went live on a new session.
+func (r *restarted) newSession() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.ContainsFunc(r.states, func(sc client.StateChange) bool { return sc.State == client.Live && sc.NewSession })
+}
+
+// expectSentinel checks that nothing more (no duplicate) comes before a
+// last live event.
+func (r *restarted) expectSentinel(t *testing.T) {
+	t.Helper()
+	sentinel := r.b.publish(t, ev(client.IncidentUpdated, client.P1, ""))[0]
+	if e := next(t, r.sub); e.MessageID != sentinel {
+		t.Fatalf("got %d after the stream, want the sentinel %d", e.MessageID, sentinel)
+	}
+}
+
 // TestServerRestart restarts the server (a new engine on the same port):
 // the session is gone, the client subscribes again with since, notices
 // the ids started again and backfills the new server's window, so nothing
-// it holds is lost, and nothing is handed over twice. The client reaches
-// the server through a proxy that resets the connection before the old
-// engine stops: a server-side close would leave the port in TIME_WAIT,
-// which the engine's listener cannot bind over.
+// it holds is lost, and nothing is handed over twice.
 func TestServerRestart(t *testing.T) {
-	a := startServer(t, nil)
-	p := cutproxy.Start(t, a.Addr)
-	var states []client.StateChange
-	var smu sync.Mutex
-	c := dial(t, "ws://"+p.Addr()+"/ws", &client.Options{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
-		OnState: func(sc client.StateChange) { smu.Lock(); states = append(states, sc); smu.Unlock() }})
-	sub := subscribe(t, c, "p", client.Filters{EventTypes: []client.EventType{client.IncidentUpdated}})
-	before := a.publish(t, slices.Repeat([]string{ev(client.IncidentUpdated, client.P1, "")}, 5)...)
-	var got []uint64
-	for range before {
-		got = append(got, next(t, sub).MessageID)
-	}
-	p.HoldNew()
-	p.Cut()
-	a.Stop(t)
-	b := restartOn(t, a.Addr)
+	r := restartBehindProxy(t)
+	b := r.b
 	early := b.publish(t, ev(client.IncidentUpdated, client.P2, ""), ev(client.CommentAdded, client.P2, ""), ev(client.IncidentUpdated, client.P3, ""))
-	p.Release()
+	r.p.Release()
 	b.WaitMetric(t, "websocket_active_subscriptions", 1)
 	late := b.publish(t, slices.Repeat([]string{ev(client.IncidentUpdated, client.P1, "")}, 4)...)
-	want := append(slices.Clone(before), early[0], early[2])
-	want = append(want, late...)
+	want := append([]uint64{early[0], early[2]}, late...)
+	var got []uint64
 	for len(got) < len(want) {
-		got = append(got, next(t, sub).MessageID)
+		got = append(got, next(t, r.sub).MessageID)
 	}
-	// The old server's events first, in order; then each of the new
-	// server's once (those published before the client noticed the restart
-	// are backfilled when it does, after the first live one).
-	slices.Sort(got[len(before):])
-	slices.Sort(want[len(before):])
+	// Each of the new server's once (those published before the client
+	// noticed the restart are backfilled when it does, after the first
+	// live one).
+	slices.Sort(got)
+	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
-	// Nothing more (no duplicate) before a last live event.
-	sentinel := b.publish(t, ev(client.IncidentUpdated, client.P1, ""))[0]
-	if e := next(t, sub); e.MessageID != sentinel {
-		t.Fatalf("got %d after the stream, want the sentinel %d", e.MessageID, sentinel)
-	}
-	smu.Lock()
-	defer smu.Unlock()
-	var sawNew bool
-	for _, sc := range states {
-		sawNew = sawNew || (sc.State == client.Live && sc.NewSession)
-	}
-	if !sawNew {
-		t.Fatalf("no new-session state change: %+v", states)
+	r.expectSentinel(t)
+	if !r.newSession() {
+		t.Fatal("no new-session state change")
 	}
 }
 
@@ -401,49 +427,28 @@ func TestServerRestart(t *testing.T) {
 // started again; before, the watch ended with the connection, and the
 // new server's ids up to the old ones were dropped as duplicates.
 func TestServerRestartThenCut(t *testing.T) {
-	a := startServer(t, nil)
-	p := cutproxy.Start(t, a.Addr)
-	newSession := make(chan struct{}, 1)
-	c := dial(t, "ws://"+p.Addr()+"/ws", &client.Options{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
-		OnState: func(sc client.StateChange) {
-			if sc.State == client.Live && sc.NewSession {
-				select {
-				case newSession <- struct{}{}:
-				default:
-				}
-			}
-		}})
-	sub := subscribe(t, c, "p", client.Filters{EventTypes: []client.EventType{client.IncidentUpdated}})
-	before := a.publish(t, slices.Repeat([]string{ev(client.IncidentUpdated, client.P1, "")}, 5)...)
-	var got []uint64
-	for range before {
-		got = append(got, next(t, sub).MessageID)
-	}
-	p.HoldNew()
-	p.Cut()
-	a.Stop(t)
-	b := restartOn(t, a.Addr)
-	p.Release()
+	r := restartBehindProxy(t)
+	b := r.b
+	r.p.Release()
 	b.WaitMetric(t, "websocket_active_subscriptions", 1)
-	select {
-	case <-newSession:
-	case <-time.After(15 * time.Second):
-		t.Fatal("no new-session state change after the restart")
+	deadline := time.Now().Add(15 * time.Second)
+	for !r.newSession() {
+		if time.Now().After(deadline) {
+			t.Fatal("no new-session state change after the restart")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	p.Cut() // before the new server's first event
+	r.p.Cut() // before the new server's first event
 	b.WaitMetric(t, `flarecast_session_resumes_total{result="resumed"}`, 1)
-	after := b.publish(t, slices.Repeat([]string{ev(client.IncidentUpdated, client.P2, "")}, 7)...)
-	want := append(slices.Clone(before), after...)
+	want := b.publish(t, slices.Repeat([]string{ev(client.IncidentUpdated, client.P2, "")}, 7)...)
+	var got []uint64
 	for len(got) < len(want) {
-		got = append(got, next(t, sub).MessageID)
+		got = append(got, next(t, r.sub).MessageID)
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
-	sentinel := b.publish(t, ev(client.IncidentUpdated, client.P1, ""))[0]
-	if e := next(t, sub); e.MessageID != sentinel {
-		t.Fatalf("got %d after the stream, want the sentinel %d", e.MessageID, sentinel)
-	}
+	r.expectSentinel(t)
 }
 
 var secret = []byte("flarecast-client-test-secret-0123456789")
