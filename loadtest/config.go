@@ -46,13 +46,20 @@ type Config struct {
 	Compression bool
 	// ClientEngine is how the clients receive once subscribed: "loop",
 	// a few epoll loops for all connections (loop.go: less CPU per delivery
-	// and half the memory), or "goroutine", one reader goroutine per
+	// and half the memory), "uring", the same loops receiving through
+	// io_uring multishot receives (loop_uring.go; loop where io_uring is
+	// refused), or "goroutine", one reader goroutine per
 	// connection, which chaos and soak need for their resume and ack logic.
-	// Empty picks loop unless connections are dropped or churned or abusers
+	// Empty picks uring unless connections are dropped or churned or abusers
 	// run.
 	ClientEngine string
-	// ClientLoops is how many event loops the loop engine runs (0: GOMAXPROCS).
+	// ClientLoops is how many event loops the loop or uring engine runs (0: GOMAXPROCS).
 	ClientLoops int
+	// ClientCoalesce is how long a uring loop pauses after each batch of
+	// receives before it waits again, so that one wake-up takes the rest
+	// of a fan-out burst: a little latency (at most this) for much less
+	// CPU per delivery (0: wake for every arrival).
+	ClientCoalesce time.Duration
 
 	// ConnectConcurrency bounds handshakes in flight.
 	ConnectConcurrency int
@@ -199,7 +206,8 @@ func Preset(name string) (Config, error) {
 		ProgressInterval:     time.Second,
 		ServerProfileSeconds: 20,
 		Abusers:              "off",
-		ClientEngine:         "loop",
+		ClientEngine:         "uring",
+		ClientCoalesce:       100 * time.Microsecond,
 	}
 	switch name {
 	case "density":
@@ -270,8 +278,9 @@ func ParseArgs(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&mix, "mix", mix, "filter kinds and weights: "+strings.Join(filterKindNames(), ", "))
 	fs.IntVar(&c.EventSize, "event-size", base.EventSize, "bytes per ingest line (padded title)")
 	fs.BoolVar(&c.Compression, "compression", base.Compression, "offer permessage-deflate")
-	fs.IntVar(&c.ClientLoops, "client-loops", 0, "event loops of --client-engine loop (0: GOMAXPROCS, one per CPU the load tester may use)")
-	fs.StringVar(&c.ClientEngine, "client-engine", "", "how clients receive: loop (a few epoll loops: less CPU per delivery, half the memory) or goroutine (one per connection; needed by --drop-rate/--churn-rate); default: the scenario's (goroutine for chaos, soak, abuse; loop otherwise)")
+	fs.IntVar(&c.ClientLoops, "client-loops", 0, "event loops of --client-engine loop or uring (0: GOMAXPROCS, one per CPU the load tester may use)")
+	fs.DurationVar(&c.ClientCoalesce, "client-coalesce", base.ClientCoalesce, "--client-engine uring: pause after each batch of receives, so that one wake-up takes the rest of a fan-out burst (adds at most this to latency; 0: wake for every arrival)")
+	fs.StringVar(&c.ClientEngine, "client-engine", "", "how clients receive: loop (a few epoll loops: less CPU per delivery, half the memory), uring (the loops with io_uring multishot receives instead of epoll and read; falls back to loop where io_uring is refused) or goroutine (one per connection; needed by --drop-rate/--churn-rate); default: the scenario's (goroutine for chaos, soak, abuse; uring otherwise)")
 	fs.IntVar(&c.ConnectConcurrency, "connect-concurrency", base.ConnectConcurrency, "handshakes in flight")
 	fs.Float64Var(&c.ConnectRate, "connect-rate", base.ConnectRate, "new connections per second (0: unlimited)")
 	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", base.ConnectTimeout, "bound on the whole connect phase")
@@ -389,12 +398,15 @@ func (c *Config) Validate() error {
 	}
 	switch c.ClientEngine {
 	case "", "goroutine":
-	case "loop":
+	case "loop", "uring":
 		if c.chaotic() {
-			errs = append(errs, errors.New("--client-engine loop has no resume or ack logic: --drop-rate and --churn-rate need --client-engine goroutine"))
+			errs = append(errs, fmt.Errorf("--client-engine %s has no resume or ack logic: --drop-rate and --churn-rate need --client-engine goroutine", c.ClientEngine))
 		}
 	default:
-		errs = append(errs, fmt.Errorf("--client-engine: want loop or goroutine, got %q", c.ClientEngine))
+		errs = append(errs, fmt.Errorf("--client-engine: want loop, uring or goroutine, got %q", c.ClientEngine))
+	}
+	if c.ClientCoalesce < 0 || c.ClientCoalesce > 10*time.Millisecond {
+		errs = append(errs, fmt.Errorf("--client-coalesce must be 0…10ms, got %s", c.ClientCoalesce))
 	}
 	if c.ClientLoops < 0 {
 		errs = append(errs, fmt.Errorf("--client-loops must not be negative, got %d", c.ClientLoops))
@@ -489,7 +501,7 @@ func (c *Config) engine() string {
 	case c.chaotic() || c.Abusers == "on" || c.Abusers == "both":
 		return "goroutine"
 	default:
-		return "loop"
+		return "uring"
 	}
 }
 

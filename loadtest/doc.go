@@ -20,11 +20,13 @@
 // a bitset indexed by s div G: lost, duplicate and unexpected deliveries are
 // counted exactly, not estimated.
 //
-// Once subscribed, the clients receive on a few epoll loops (loop.go,
-// Config.ClientEngine "loop", the default of every preset but chaos, soak
-// and abuse) or each on a goroutine of its own ("goroutine", which the
-// sessions of chaos and soak need to reconnect and ack); both account
-// through the same code. The report gives the load tester's own CPU per
+// Once subscribed, the clients receive on a few loops with io_uring
+// multishot receives (loop_uring.go, Config.ClientEngine "uring", the
+// default of every preset but chaos, soak and abuse, and the cheapest per
+// delivery), on the same loops with epoll and read ("loop", loop.go, where
+// io_uring is refused), or each on a goroutine of its own ("goroutine",
+// which the sessions of chaos and soak need to reconnect and ack); all
+// account through the same code. The report gives the load tester's own CPU per
 // delivery (getrusage, user + system, while events flow), to compare them.
 //
 // Everything it talks to is on loopback: it refuses any other host. Client

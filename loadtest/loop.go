@@ -9,10 +9,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
+
+	"github.com/flarecast/flarecast/internal/uring"
 )
 
 // The loop engine (Config.ClientEngine "loop") receives on a handful of
@@ -46,6 +49,11 @@ type loopEngine struct {
 	next     atomic.Uint32
 	wg       sync.WaitGroup
 	stopOnce sync.Once
+	// procs: the GOMAXPROCS to restore at stop, when the uring engine
+	// raised it (loop_uring.go); 0 otherwise. coalesce: the uring loops'
+	// pause after each batch (--client-coalesce).
+	procs    int
+	coalesce time.Duration
 }
 
 // eventLoop is one epoll loop and the connections enrolled in it. Only its
@@ -70,6 +78,13 @@ type eventLoop struct {
 	plain  []byte // an inflated message that is not a cached event
 
 	full bool // a read filled its buffer: the socket may hold more
+
+	// ring: the uring engine's receive ring (loop_uring.go), in place of
+	// epfd; nil with the epoll loop. gen tells a connection's completions
+	// from those of the slot's previous occupant.
+	ring   *uring.RecvRing
+	gen    uint32
+	rearms int // multishot receives that ended and were armed again
 }
 
 // loopConn is one enrolled connection.
@@ -79,16 +94,42 @@ type loopConn struct {
 	pend []byte // the start of a frame the last read ended inside of
 	// frag: inside a fragmented message, whose start is in c.msg.
 	frag, fragCompressed bool
+	// gen and armed: the uring engine's multishot receive, its user data's
+	// generation and whether it is armed (loop_uring.go).
+	gen   uint32
+	armed bool
 }
 
 // wakeSlot marks the eventfd's epoll events.
 const wakeSlot = -1
 
-func newLoopEngine(r *runner, n int) (*loopEngine, error) {
-	e := &loopEngine{r: r}
+// loopOpts: ring selects io_uring loops (loop_uring.go) instead of epoll
+// loops; coalesce is their --client-coalesce.
+type loopOpts struct {
+	ring     bool
+	coalesce time.Duration
+}
+
+// newLoopEngine starts n loops: epoll loops, or with opts.ring io_uring
+// loops, whose error then wraps errRingRefused when the kernel would not
+// set up a ring.
+func newLoopEngine(r *runner, n int, opts loopOpts) (*loopEngine, error) {
+	e := &loopEngine{r: r, coalesce: opts.coalesce}
+	if opts.ring {
+		e.reserveProcs(n)
+	}
 	for i := range n {
-		l := &eventLoop{e: e, idx: i, epfd: -1, wakefd: -1,
-			events: make([]unix.EpollEvent, 256), buf: make([]byte, loopReadBuf)}
+		l := &eventLoop{e: e, idx: i, epfd: -1, wakefd: -1}
+		if opts.ring {
+			if err := l.startRing(); err != nil {
+				l.closeFDs()
+				e.stop()
+				return nil, err
+			}
+			e.loops = append(e.loops, l)
+			continue
+		}
+		l.events, l.buf = make([]unix.EpollEvent, 256), make([]byte, loopReadBuf)
 		var err error
 		if l.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err == nil {
 			if l.wakefd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err == nil {
@@ -153,6 +194,7 @@ func (e *loopEngine) stop() {
 		for _, l := range e.loops {
 			l.closeFDs()
 		}
+		e.restoreProcs()
 	})
 }
 
@@ -283,7 +325,11 @@ func (l *eventLoop) register() {
 			slot = int32(len(l.conns))
 			l.conns = append(l.conns, lc)
 		}
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, lc.fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: slot}); err != nil {
+		if l.ring != nil {
+			l.gen++
+			l.conns[slot].gen = l.gen
+			l.arm(slot)
+		} else if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, lc.fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: slot}); err != nil {
 			l.close(slot, "epoll_ctl: "+err.Error())
 			continue
 		}
@@ -464,7 +510,11 @@ func (l *eventLoop) close(slot int32, why string) {
 		}
 		r.dropped.Add(1)
 	}
-	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, lc.fd, nil)
+	if l.ring != nil {
+		l.disarm(slot)
+	} else {
+		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, lc.fd, nil)
+	}
 	unix.Close(lc.fd)
 	*lc = loopConn{fd: -1}
 	l.free = append(l.free, slot)

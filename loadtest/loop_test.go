@@ -3,6 +3,7 @@ package loadtest
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -20,8 +21,23 @@ import (
 // free: bytes read ahead by the handshake, a frame split over several
 // reads, a fragmented message with a ping between its fragments, a
 // duplicate, a message of another group, and a close frame, which counts
-// as a drop before the run's end.
+// as a drop before the run's end. The same with the uring engine's loops,
+// where each send is one multishot receive's completion.
 func TestLoopFramesAcrossReads(t *testing.T) {
+	for _, engine := range []string{"loop", "uring"} {
+		t.Run(engine, func(t *testing.T) { testLoopFramesAcrossReads(t, engine == "uring") })
+	}
+	// Buffers smaller than a frame, and too few: every frame spans
+	// completions, and receives end with ENOBUFS and are armed again.
+	t.Run("uring-small-buffers", func(t *testing.T) {
+		size, n := uringBufSize, uringBufs
+		uringBufSize, uringBufs = 16, 2
+		defer func() { uringBufSize, uringBufs = size, n }()
+		testLoopFramesAcrossReads(t, true)
+	})
+}
+
+func testLoopFramesAcrossReads(t *testing.T, ring bool) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +54,10 @@ func TestLoopFramesAcrossReads(t *testing.T) {
 	defer srv.Close()
 
 	r := &runner{groups: 2, lat: newRecorder(), inflated: newInflateCache()}
-	e, err := newLoopEngine(r, 2)
+	e, err := newLoopEngine(r, 2, loopOpts{ring: ring})
+	if errors.Is(err, errRingRefused) {
+		t.Skipf("io_uring unavailable here: %v", err)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,6 +123,13 @@ func TestLoopFramesAcrossReads(t *testing.T) {
 	if c.dups != 1 || c.unexpected != 1 || c.malformed != 0 {
 		t.Errorf("dups %d (want 1), unexpected %d (want 1), malformed %d", c.dups, c.unexpected, c.malformed)
 	}
+	rearms := 0
+	for _, l := range e.loops {
+		rearms += l.rearms
+	}
+	if small := uringBufs < 4; ring && small != (rearms > 0) {
+		t.Errorf("%d receives armed again with %d buffers of %d bytes", rearms, uringBufs, uringBufSize)
+	}
 	if r.dropped.Load() != 1 || !strings.Contains(c.closeNote, "1001") {
 		t.Errorf("dropped %d, close note %q; want the server's close 1001 counted as a drop", r.dropped.Load(), c.closeNote)
 	}
@@ -113,7 +139,7 @@ func TestLoopFramesAcrossReads(t *testing.T) {
 // real server with each client engine: every expected delivery arrives
 // exactly once with both, and both report CPU per delivery.
 func TestLoopAndGoroutineEnginesAgree(t *testing.T) {
-	for _, engine := range []string{"loop", "goroutine"} {
+	for _, engine := range []string{"loop", "uring", "goroutine"} {
 		t.Run(engine, func(t *testing.T) {
 			cfg, err := Preset("smoke")
 			if err != nil {
@@ -128,6 +154,9 @@ func TestLoopAndGoroutineEnginesAgree(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Run: %v", err)
 			}
+			if engine == "uring" && res.Settings.ClientEngine == "loop" {
+				t.Skipf("io_uring unavailable here: %v", res.Warnings)
+			}
 			d := res.Deliveries
 			if want := res.Events.Accepted * 30; d.Expected != want || d.Received != want {
 				t.Errorf("expected %d, received %d; want %d", d.Expected, d.Received, want)
@@ -138,7 +167,7 @@ func TestLoopAndGoroutineEnginesAgree(t *testing.T) {
 			if res.Latency.Count != d.Received {
 				t.Errorf("latency histogram holds %d of %d deliveries", res.Latency.Count, d.Received)
 			}
-			if res.Settings.ClientEngine != engine || (engine == "loop") != (res.Settings.Loops == 3) {
+			if res.Settings.ClientEngine != engine || (engine != "goroutine") != (res.Settings.Loops == 3) {
 				t.Errorf("settings say engine %q with %d loops", res.Settings.ClientEngine, res.Settings.Loops)
 			}
 			if res.Loadtest.CPUPerDeliveryUS <= 0 {
@@ -158,8 +187,10 @@ func TestClientEngineFlag(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--scenario", "seed"}, "loop"},
+		{[]string{"--scenario", "seed"}, "uring"},
+		{[]string{"--scenario", "smoke", "--client-engine", "loop"}, "loop"},
 		{[]string{"--scenario", "smoke", "--client-engine", "goroutine"}, "goroutine"},
+		{[]string{"--scenario", "smoke", "--client-engine", "uring"}, "uring"},
 		{[]string{"--scenario", "chaos"}, "goroutine"},
 		{[]string{"--scenario", "abuse"}, "goroutine"},
 		{[]string{"--scenario", "smoke", "--drop-rate", "0.01"}, "goroutine"},
@@ -174,8 +205,11 @@ func TestClientEngineFlag(t *testing.T) {
 	}
 	for _, bad := range [][]string{
 		{"--scenario", "chaos", "--client-engine", "loop"},
+		{"--scenario", "chaos", "--client-engine", "uring"},
 		{"--client-engine", "threads"},
 		{"--client-loops", "-1"},
+		{"--client-coalesce", "-1ms"},
+		{"--client-coalesce", "1s"},
 	} {
 		if _, err := ParseArgs(bad, io.Discard); err == nil {
 			t.Errorf("ParseArgs(%q) accepted", bad)

@@ -71,7 +71,10 @@ type Settings struct {
 	// how many event loops the loop engine ran.
 	ClientEngine string `json:"client_engine,omitempty"`
 	Loops        int    `json:"loops,omitempty"`
-	Abusers      string `json:"abusers,omitempty"`
+	// ClientCoalesceUS is the uring engine's pause after each batch of
+	// receives (--client-coalesce), in µs.
+	ClientCoalesceUS float64 `json:"client_coalesce_us,omitempty"`
+	Abusers          string  `json:"abusers,omitempty"`
 	// ServerCPUs and AbuserCPUs are the taskset CPU lists of the spawned
 	// server and of the abusers' process (--server-cpus, --abuser-cpus).
 	ServerCPUs string `json:"server_cpus,omitempty"`
@@ -278,6 +281,9 @@ func (r *Result) WriteTable(w io.Writer) {
 	engine := r.Settings.ClientEngine
 	if r.Settings.Loops > 0 {
 		engine = fmt.Sprintf("%s engine, %d loops", engine, r.Settings.Loops)
+		if r.Settings.ClientCoalesceUS > 0 {
+			engine = fmt.Sprintf("%s, %gµs coalescing", engine, r.Settings.ClientCoalesceUS)
+		}
 	} else if engine != "" {
 		engine += " engine"
 	}

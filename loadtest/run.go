@@ -254,17 +254,26 @@ func runOne(ctx context.Context, cfg Config, progress io.Writer) (*Result, error
 		open = 0 // the clients are someone else's (k6): groups still follow n
 	}
 	r.clients = make([]*client, open)
-	if open > 0 && cfg.engine() == "loop" {
+	res.Settings.ClientEngine = cfg.engine()
+	if eng := cfg.engine(); open > 0 && (eng == "loop" || eng == "uring") {
 		loops := cfg.ClientLoops
 		if loops == 0 {
 			loops = loopCount()
 		}
-		if r.loops, err = newLoopEngine(r, loops); err != nil {
+		r.loops, err = newLoopEngine(r, loops, loopOpts{ring: eng == "uring", coalesce: cfg.ClientCoalesce})
+		if errors.Is(err, errRingRefused) {
+			r.warn("--client-engine uring: %v; using the loop engine", err)
+			res.Settings.ClientEngine = "loop"
+			r.loops, err = newLoopEngine(r, loops, loopOpts{})
+		}
+		if err == nil && res.Settings.ClientEngine == "uring" {
+			res.Settings.ClientCoalesceUS = float64(cfg.ClientCoalesce) / float64(time.Microsecond)
+		}
+		if err != nil {
 			return nil, err
 		}
 		defer r.loops.stop()
 	}
-	res.Settings.ClientEngine = cfg.engine()
 	if r.loops != nil {
 		res.Settings.Loops = len(r.loops.loops)
 	}
