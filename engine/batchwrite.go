@@ -25,7 +25,8 @@ func (l *loop) openRing() {
 	r, err := uring.New(4096)
 	if err != nil {
 		l.eng.ringRefused.Do(func() {
-			l.eng.log.Warn("--io-uring: io_uring is not available here; writing with write(2)", "err", err)
+			// Info, not a warning: in containers this is the usual case.
+			l.eng.log.Info("io_uring is not available here (seccomp, kernel.io_uring_disabled or an old kernel); the event loops write with write(2), flarecast_io_uring_loops reads 0", "err", err)
 		})
 		return
 	}
