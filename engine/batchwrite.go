@@ -24,14 +24,32 @@ func (l *loop) openRing() {
 	}
 	r, err := uring.New(4096)
 	if err != nil {
-		l.eng.ringRefused.Do(func() {
-			// Info, not a warning: in containers this is the usual case.
-			l.eng.log.Info("io_uring is not available here (seccomp, kernel.io_uring_disabled or an old kernel); the event loops write with write(2), flarecast_io_uring_loops reads 0", "err", err)
-		})
+		l.eng.sayRingRefused(err)
 		return
 	}
 	l.ring = r
 	l.eng.metrics.uringLoops.Add(1)
+}
+
+// probeRing tells at start, not at the first connection (a loop is made
+// with its first), whether io_uring is refused here.
+func (e *Engine) probeRing() {
+	if !e.cfg.IOURing {
+		return
+	}
+	r, err := uring.New(1)
+	if err != nil {
+		e.sayRingRefused(err)
+		return
+	}
+	_ = r.Close()
+}
+
+func (e *Engine) sayRingRefused(err error) {
+	e.ringRefused.Do(func() {
+		// Info, not a warning: in containers this is the usual case.
+		e.log.Info("io_uring is not available here (seccomp, kernel.io_uring_disabled or an old kernel); the event loops write with write(2), flarecast_io_uring_loops stays 0", "err", err)
+	})
 }
 
 // closeRing releases the loop's ring once the loop has stopped.

@@ -371,6 +371,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		closeListeners()
 		return fmt.Errorf("WebSocket listener %s: %w", e.cfg.Listen, err)
 	}
+	e.probeRing()
 	go e.housekeeper(hkCtx)
 	if e.cfg.ReturnMemory {
 		go e.returnMemory(hkCtx)

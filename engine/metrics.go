@@ -144,8 +144,10 @@ func newEngineMetrics() *engineMetrics {
 	s.NewGauge("websocket_active_subscriptions", func() float64 { return float64(m.activeSubscriptions.Load()) })
 	s.NewGauge("flarecast_history_events", func() float64 { return float64(m.historyLen.Load()) })
 	s.NewGauge("flarecast_history_oldest_message_id", func() float64 { return float64(m.historyFirst.Load()) })
-	// 0 with --io-uring on means io_uring was refused here (or a submit
-	// failed): the loops write with write(2), at a higher CPU cost.
+	// A loop is made with its first connection: on a server with
+	// connections, 0 with --io-uring on means io_uring was refused here (or
+	// a submit failed), and the loops write with write(2), at a higher CPU
+	// cost.
 	s.NewGauge("flarecast_io_uring_loops", func() float64 { return float64(m.uringLoops.Load()) })
 	for _, code := range errorCodes {
 		m.errors[code] = s.NewCounter(`websocket_errors_total{code="` + code + `"}`)
