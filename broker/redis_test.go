@@ -273,14 +273,22 @@ func dropClients(t *testing.T, rc *redis.Client) {
 	}
 }
 
-func TestTailRaisesTheCounterAfterLosingAppends(t *testing.T) {
-	rs := redistest.Start(t)
-	rc := rs.Client()
-	r := newBroker(t, rs.URL()+"?stream=s", 1000)
-	tl := startTail(t, r, false)
-	ids := mustAppend(t, r, 5)
+// loseTwo is where the failover tests start: five events appended through
+// r on stream s and read by r's tailer tl, then the newest two lost, as when
+// the promoted replica lacks ids 4 and 5.
+func loseTwo(t *testing.T) (rs *redistest.Server, rc *redis.Client, r *broker.Redis, tl *tailer, ids []uint64) {
+	rs = redistest.Start(t)
+	rc = rs.Client()
+	r = newBroker(t, rs.URL()+"?stream=s", 1000)
+	tl = startTail(t, r, false)
+	ids = mustAppend(t, r, 5)
 	tl.waitFor(t, ids[4])
-	loseNewest(t, rc, 2) // the promoted replica lacks ids 4 and 5
+	loseNewest(t, rc, 2)
+	return rs, rc, r, tl, ids
+}
+
+func TestTailRaisesTheCounterAfterLosingAppends(t *testing.T) {
+	rs, rc, r, tl, ids := loseTwo(t)
 	dropClients(t, rc)
 	// The tailer comes back and raises the counter to what it read: an
 	// instance that never saw 4 and 5 appends above them.
@@ -308,13 +316,7 @@ func TestTailRaisesTheCounterAfterLosingAppends(t *testing.T) {
 }
 
 func TestTailReportsAppendsUnderIDsItPassed(t *testing.T) {
-	rs := redistest.Start(t)
-	rc := rs.Client()
-	r := newBroker(t, rs.URL()+"?stream=s", 1000)
-	tl := startTail(t, r, false)
-	ids := mustAppend(t, r, 5)
-	tl.waitFor(t, ids[4])
-	loseNewest(t, rc, 2)
+	rs, rc, r, tl, ids := loseTwo(t)
 	// Before the tailer notices, an instance that had not read 4 and 5
 	// appends: its events take ids 4 and 5, which the tailer has passed.
 	other := newBroker(t, rs.URL()+"?stream=s", 1000)

@@ -63,19 +63,20 @@ func filterValues(f *filterindex.Filter) int {
 		len(f.Resources) + len(f.IncidentIDs) + len(f.Labels)
 }
 
-// commandQueue is a mutex-guarded slice the dispatcher swaps out whole: the
-// event loops never block on the dispatcher, whatever it is doing. Its
-// length is bounded by the connections times maxCommandsInFlight (plus one
-// attach and one detach each).
-type commandQueue struct {
+// mailbox is a mutex-guarded slice its one consumer swaps out whole, and a
+// signal that holds a token while items may be waiting: producers never
+// block on the consumer, whatever it is doing. The dispatcher's commands
+// (bounded by the connections times maxCommandsInFlight, plus one attach
+// and one detach each) and the fleet's resume claims go through one.
+type mailbox[T any] struct {
 	mu     sync.Mutex
-	items  []command
-	signal chan struct{} // holds a token while items may be non-empty
+	items  []T
+	signal chan struct{} // buffered, 1: make it before the first push
 }
 
-func (q *commandQueue) push(cmd command) {
+func (q *mailbox[T]) push(item T) {
 	q.mu.Lock()
-	q.items = append(q.items, cmd)
+	q.items = append(q.items, item)
 	q.mu.Unlock()
 	select {
 	case q.signal <- struct{}{}:
@@ -83,8 +84,8 @@ func (q *commandQueue) push(cmd command) {
 	}
 }
 
-// take swaps the pending commands for spare and returns them.
-func (q *commandQueue) take(spare []command) []command {
+// take swaps the waiting items for spare and returns them.
+func (q *mailbox[T]) take(spare []T) []T {
 	q.mu.Lock()
 	items := q.items
 	q.items = spare[:0]

@@ -15,7 +15,7 @@ import (
 
 // The dispatcher is the one goroutine that owns the filter index, the
 // sessions and their subscriptions. Event loops never touch those: they send
-// commands (attach, subscribe…) through commandQueue, and the dispatcher
+// commands (attach, subscribe…) through mailbox[command], and the dispatcher
 // applies them between events. That single owner is why a subscription
 // change needs no lock on the matching path, and why each change takes
 // effect at a precise point of the event sequence: a `subscribed` reply is
@@ -45,7 +45,7 @@ type dispatcher struct {
 	eng     *Engine
 	cfg     *Config
 	ring    *ring.Ring[*event.Event]
-	cmds    commandQueue
+	cmds    mailbox[command]
 	index   *filterindex.Index
 	history *ring.History[*outFrame]
 

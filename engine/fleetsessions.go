@@ -45,24 +45,24 @@ type sessionSync struct {
 	ttl   time.Duration // the session timeout
 	log   *slog.Logger
 
-	mu          sync.Mutex
-	pending     map[string]*broker.SessionWrite
-	claims      []claimRequest // resumes waiting for the store
-	claimSignal chan struct{}  // holds a token while claims may be non-empty
+	mu      sync.Mutex
+	pending map[string]*broker.SessionWrite // guarded by mu
+	claims  mailbox[claimRequest]           // resumes waiting for the store
 
 	failures func() // counts a failed write (metrics)
 }
 
 func newSessionSync(store *broker.Sessions, ttl time.Duration, log *slog.Logger, failures func()) *sessionSync {
-	return &sessionSync{
-		store:       store,
-		self:        newSessionID().String(),
-		ttl:         ttl,
-		log:         log,
-		pending:     make(map[string]*broker.SessionWrite),
-		claimSignal: make(chan struct{}, 1),
-		failures:    failures,
+	y := &sessionSync{
+		store:    store,
+		self:     newSessionID().String(),
+		ttl:      ttl,
+		log:      log,
+		pending:  make(map[string]*broker.SessionWrite),
+		failures: failures,
 	}
+	y.claims.signal = make(chan struct{}, 1)
+	return y
 }
 
 // queue merges a change to session id into the writes not sent yet. subID
@@ -258,15 +258,7 @@ type claimRequest struct {
 	now    time.Time
 }
 
-func (y *sessionSync) claimLater(r claimRequest) {
-	y.mu.Lock()
-	y.claims = append(y.claims, r)
-	y.mu.Unlock()
-	select {
-	case y.claimSignal <- struct{}{}:
-	default:
-	}
-}
+func (y *sessionSync) claimLater(r claimRequest) { y.claims.push(r) }
 
 // claimer sends the waiting claims to the store, all at once, and hands
 // each answer to the dispatcher (answer), until ctx ends.
@@ -276,12 +268,10 @@ func (y *sessionSync) claimer(ctx context.Context, answer func(*claimRequest)) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-y.claimSignal:
+		case <-y.claims.signal:
 		}
-		y.mu.Lock()
-		reqs := y.claims
-		y.claims = nil
-		y.mu.Unlock()
+		// Not reused: the dispatcher keeps pointers into it (answer).
+		reqs := y.claims.take(nil)
 		batch = batch[:0]
 		for i := range reqs {
 			batch = append(batch, reqs[i].Claim)
